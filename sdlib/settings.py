@@ -1,0 +1,23 @@
+"""Where sdlib keeps and finds things on disk. One place, overridable by environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Converted model weights and other derived files (env ``SDLIB_CACHE``)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdlib"
+    return Path(os.environ.get("SDLIB_CACHE", default))
+
+
+def data_root() -> Path:
+    """Reference evaluation sets and coverage subsets (env ``SDLIB_DATA_ROOT``).
+
+    Defaults to the ``shared/data`` folder that sits beside the checkout. The library only
+    reads from here by path; nothing in it is ever copied into the repository.
+    """
+    return Path(os.environ.get("SDLIB_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
