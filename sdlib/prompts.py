@@ -1,0 +1,85 @@
+"""The study's prompts, in one place: student prompt, SDPO teacher reprompt, Sec. 3 hint.
+
+Every other module, notebook and test imports these strings; none writes its own copy.
+
+    student : {question}\\nPlease reason step by step, and put your final answer within \\boxed{}.
+    teacher : {student prompt}\\nCorrect solution:\\n\\n{demonstration}\\n\\nCorrectly solve the
+              original question.          (then the student's response tokens follow)
+    hint    : {question}\\n\\nCorrect solution: {solution}\\n\\nCorrectly solve the original
+              question.
+"""
+
+from __future__ import annotations
+
+import re
+
+STUDENT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+TEACHER_TEMPLATE = "{prompt}\nCorrect solution:\n\n{demonstration}\n\nCorrectly solve the original question."
+FEEDBACK_TEMPLATE = "{prompt}\nFeedback from the environment:\n\n{feedback}\n\nCorrectly solve the original question."
+HINT_TEMPLATE = "{question}\n\nCorrect solution: {solution}\n\nCorrectly solve the original question."
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+
+
+def student_prompt(question: str, few_shot: str = "") -> str:
+    """The student's single user turn. ``few_shot`` (tiny preset only) goes before the
+    question to show a weak model the ``\\boxed{}`` format; the paper uses none."""
+    head = f"{few_shot.rstrip()}\n\n" if few_shot else ""
+    return f"{head}{question}\n{STUDENT_SUFFIX}"
+
+
+def teacher_prompt(prompt: str, demonstration: str | None = None, feedback: str | None = None) -> str:
+    """The SDPO teacher's user turn: the student prompt plus a correct solution (or, when no
+    sibling succeeded, environment feedback if the run uses it)."""
+    if demonstration is not None:
+        return TEACHER_TEMPLATE.format(prompt=prompt, demonstration=demonstration)
+    if feedback is not None:
+        return FEEDBACK_TEMPLATE.format(prompt=prompt, feedback=feedback)
+    raise ValueError("teacher_prompt needs a demonstration or feedback text")
+
+
+def hint_prompt(question: str, solution: str) -> str:
+    """The context-richness (Sec. 3) prompt: the question followed by a correct solution."""
+    return HINT_TEMPLATE.format(question=question, solution=solution)
+
+
+def split_thinking(text: str) -> tuple[str | None, str]:
+    """Split a response into (thinking, answer) at the last ``</think>``.
+
+    A response with no ``</think>`` has no thinking part (``None``). A leading ``<think>``
+    is dropped from the thinking part; R1-Distill templates open it in the prompt, so the
+    response then holds only a lone ``</think>``.
+    """
+    head, sep, tail = text.rpartition(THINK_CLOSE)
+    if not sep:
+        return None, text
+    head = head.strip()
+    if head.startswith(THINK_OPEN):
+        head = head[len(THINK_OPEN) :]
+    return head.strip(), tail.lstrip()
+
+
+def strip_thinking(text: str) -> str:
+    """A solution "without thinking": drop every ``<think>...</think>`` block, and everything
+    up to a lone ``</think>`` (the template opened ``<think>`` before the response began)."""
+    text = _THINK_BLOCK.sub("", text)
+    if THINK_CLOSE in text:
+        text = text.rpartition(THINK_CLOSE)[2]
+    return text.strip()
+
+
+def chat(tokenizer, user: str, thinking: bool | None = None) -> str:
+    """Render one user turn with the model's chat template, ready for the assistant's reply.
+
+    ``thinking`` is passed to templates that have a switch (Qwen3 ``enable_thinking``);
+    ``None`` leaves the template's default. Returns text; tokenise it without adding special
+    tokens again.
+    """
+    kwargs = {} if thinking is None else {"enable_thinking": thinking}
+    messages = [{"role": "user", "content": user}]
+    if getattr(tokenizer, "chat_template", None) is None:
+        return f"{user}\n"
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **kwargs
+    )
