@@ -1,0 +1,70 @@
+"""``sdlib eval|train|run|demo``: every option comes from a schema in ``sdlib.config``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from sdlib import config as cfgmod
+
+
+def add_schema_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--flag`` per field of ``cls``, documented by the field's own help text."""
+    parser.add_argument("--config", help="YAML file of parameters (a preset)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one parameter (repeatable), value read as YAML")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{f.metadata.get('help', '')} (default: {default})"
+        if typing.get_origin(tp) is list:
+            parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=text)
+        elif tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=tp, default=None, help=text)
+
+
+def schema_from_args(cls, args: argparse.Namespace):
+    overrides = dict(cfgmod.parse_override(s) for s in args.set)
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            overrides[f.name] = value
+    return cfgmod.load(cls, args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_schema_args(sub.add_parser("eval", help="evaluate a policy on problem sets"),
+                    cfgmod.EvalConfig)
+    demo = sub.add_parser("demo", help="the main job: evaluate the bundled model")
+    demo.add_argument("--preset", default="tiny", help="smoke or tiny (default: tiny)")
+    demo.add_argument("--out", default="", help="output folder (default: runs/<preset>/demo)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "eval":
+            from sdlib.experiments.common import run_eval
+
+            run_eval(schema_from_args(cfgmod.EvalConfig, args))
+        elif args.command == "demo":
+            from sdlib.experiments.common import run_demo
+
+            run_demo(args.preset, args.out)
+    except cfgmod.ConfigError as err:
+        print(f"sdlib: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per notebook: the functions a notebook calls. ``common`` holds what they share."""

@@ -1,0 +1,243 @@
+"""Generation behind one interface: ``backend.generate(prompts, n, sampling) -> Rollouts``.
+
+Two backends:
+    TransformersBackend   any device; a KV-cached decode loop over left-padded batches that
+                          drops finished rows, so a batch costs what its live rows need
+    VLLMBackend           GPU only, imported lazily; LoRA adapters through LoRA requests
+
+Log-probs are those of the distribution the token was drawn from before top-p/top-k
+truncation: ``log softmax(logits / temperature)[token]``. At temperature 1 (the training
+rollouts) that is the policy's own log-prob, the ``pi_old`` of the importance ratio.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LlamaForCausalLM
+
+# transformers renamed ``past_key_values`` to ``cache`` during 5.x; speak whichever it knows.
+_CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else (
+    "past_key_values"
+)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample. ``temperature == 0`` means greedy; ``top_k == 0`` means no top-k."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k!r}")
+
+
+@dataclass
+class Rollouts:
+    """``n`` samples for each prompt, sample ``i`` answering ``prompts[prompt_index[i]]``,
+    in prompt order (all samples of prompt 0 first)."""
+
+    prompt_index: list[int] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    finish_reason: list[str] = field(default_factory=list)  # "stop" (EOS) or "length"
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.token_ids]
+
+
+def sample_next(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None):
+    """Draw one token per row. Returns (token [B], log-prob [B]) from ``logits`` [B, V]."""
+    logits = logits.float()
+    if s.temperature == 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        token = logits.argmax(dim=-1)
+        return token, logp.gather(1, token[:, None]).squeeze(1)
+    logp = torch.log_softmax(logits / s.temperature, dim=-1)
+    filtered = logp
+    if s.top_k:
+        kth = logp.topk(min(s.top_k, logp.shape[-1]), dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(logp < kth, float("-inf"))
+    if s.top_p < 1:
+        sorted_lp, order = filtered.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p: drop a token once the mass
+        # before it already covers top_p
+        before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
+        drop = torch.zeros_like(filtered, dtype=torch.bool).scatter(1, order, before >= s.top_p)
+        filtered = filtered.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(filtered, dim=-1)
+    token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    return token, logp.gather(1, token[:, None]).squeeze(1)
+
+
+class TransformersBackend:
+    """Batched decoding with the model's KV cache, on whatever device the model sits.
+
+    ``batch_size`` rows are decoded together; prompts are sorted by length first so that a
+    batch holds prompts of similar length and little padding.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 32, progress: bool = True):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.stop_ids = sorted({*eos, tokenizer.eos_token_id} - {None})
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        # Chat-templated text already holds its special tokens.
+        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int = 1, sampling: Sampling = Sampling()) -> Rollouts:
+        start = time.perf_counter()
+        encoded = self.encode(prompts)
+        rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
+        order = sorted(range(len(rows)), key=lambda r: (len(rows[r][1]), r))
+        gen = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
+        results: dict[int, tuple[list[int], list[float], str]] = {}
+        bar = tqdm(total=len(rows), desc="generate", unit="seq", disable=not self.progress)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for lo in range(0, len(order), self.batch_size):
+                chunk = order[lo : lo + self.batch_size]
+                outs = self._decode([rows[r][1] for r in chunk], sampling, gen)
+                results.update(zip(chunk, outs, strict=True))
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            self.model.train(was_training)
+        out = Rollouts(seconds=time.perf_counter() - start)
+        for r, (pi, ids) in enumerate(rows):
+            toks, lps, reason = results[r]
+            out.prompt_index.append(pi)
+            out.prompt_ids.append(ids)
+            out.token_ids.append(toks)
+            out.logprobs.append(lps)
+            out.finish_reason.append(reason)
+        out.text = self.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
+        return out
+
+    def _decode(self, prompt_ids: list[list[int]], s: Sampling, gen):
+        """Decode one left-padded batch; finished rows leave the batch and its KV cache."""
+        device = self.model.device
+        width = max(map(len, prompt_ids))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
+        mask = (torch.arange(width, device=device) >= (width - torch.tensor(
+            [len(p) for p in prompt_ids], device=device))[:, None]).long()
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        stop = torch.tensor(self.stop_ids, device=device)
+        live = torch.arange(len(prompt_ids), device=device)  # batch row -> original row
+        tokens = [[] for _ in prompt_ids]
+        logps = [[] for _ in prompt_ids]
+        reasons = ["length"] * len(prompt_ids)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position,
+                         use_cache=True, logits_to_keep=1)
+        for _ in range(s.max_new_tokens):
+            token, logp = sample_next(out.logits[:, -1], s, gen)
+            for row, t, lp in zip(live.tolist(), token.tolist(), logp.tolist(), strict=True):
+                tokens[row].append(t)
+                logps[row].append(lp)
+            done = torch.isin(token, stop)
+            for row in live[done].tolist():
+                reasons[row] = "stop"
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            cache = getattr(out, _CACHE_KW)
+            if keep.numel() < live.numel():
+                cache.batch_select_indices(keep)
+                live, token, mask, position = live[keep], token[keep], mask[keep], position[keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            position = position[:, -1:] + 1
+            out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                             use_cache=True, **{_CACHE_KW: cache})
+        return list(zip(tokens, logps, reasons, strict=True))
+
+
+class VLLMBackend:
+    """vLLM on GPU. ``engine`` is a ``vllm.LLM``; pass one in (tests use a fake) or let
+    ``from_model`` build it. LoRA adapters are served through ``LoRARequest``s."""
+
+    def __init__(self, engine, tokenizer, lora_path: str | None = None, lora_id: int = 1):
+        self.engine, self.tokenizer = engine, tokenizer
+        self.lora_path, self.lora_id = lora_path, lora_id
+
+    @classmethod
+    def from_model(cls, model_path: str, tokenizer, *, dtype: str = "bfloat16",
+                   tensor_parallel_size: int = 1, max_lora_rank: int = 64,
+                   gpu_memory_utilization: float = 0.5, max_model_len: int | None = None):
+        try:
+            import vllm
+        except ImportError as err:
+            raise RuntimeError("the vllm backend needs a GPU machine and pip install "
+                               "'sdlib[gpu]'; use backend 'transformers' on CPU") from err
+        engine = vllm.LLM(model=model_path, dtype=dtype, enable_lora=True,
+                          max_lora_rank=max_lora_rank, tensor_parallel_size=tensor_parallel_size,
+                          gpu_memory_utilization=gpu_memory_utilization,
+                          max_model_len=max_model_len, enable_prefix_caching=True)
+        return cls(engine, tokenizer)
+
+    def sampling_params(self, n: int, s: Sampling):
+        from vllm import SamplingParams
+
+        return SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p,
+                              top_k=s.top_k or -1, max_tokens=s.max_new_tokens,
+                              seed=s.seed, logprobs=0)
+
+    def lora_request(self):
+        if self.lora_path is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(f"sdlib-{self.lora_id}", self.lora_id, self.lora_path)
+
+    def generate(self, prompts: list[str], n: int = 1, sampling: Sampling = Sampling()) -> Rollouts:
+        start = time.perf_counter()
+        requests = [{"prompt_token_ids": ids}
+                    for ids in (self.tokenizer(p, add_special_tokens=False)["input_ids"]
+                                for p in prompts)]
+        outputs = self.engine.generate(requests, self.sampling_params(n, sampling),
+                                       lora_request=self.lora_request(), use_tqdm=True)
+        return self.to_rollouts(outputs, time.perf_counter() - start)
+
+    @staticmethod
+    def to_rollouts(outputs, seconds: float) -> Rollouts:
+        """vLLM ``RequestOutput``s -> Rollouts (``logprobs=0`` gives the sampled token's)."""
+        out = Rollouts(seconds=seconds)
+        for i, request in enumerate(outputs):
+            for c in request.outputs:
+                ids = list(c.token_ids)
+                out.prompt_index.append(i)
+                out.prompt_ids.append(list(request.prompt_token_ids))
+                out.token_ids.append(ids)
+                out.logprobs.append([step[t].logprob for step, t in zip(c.logprobs, ids,
+                                                                        strict=True)])
+                out.text.append(c.text)
+                out.finish_reason.append("stop" if c.finish_reason == "stop" else "length")
+        return out

@@ -1,0 +1,108 @@
+import itertools
+import json
+import math
+
+import pytest
+
+from sdlib.evaluate import SAMPLES_FILE, evaluate, pass_at_k, summarize
+from sdlib.problems import Problem
+from sdlib.rollout import Rollouts, Sampling
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_equals_brute_force_enumeration(n):
+    for c in range(n + 1):
+        outcomes = [1] * c + [0] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(range(n), k))
+            brute = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
+            assert math.isclose(pass_at_k(n, c, k), brute, rel_tol=1e-12)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="n=4 c=5"):
+        pass_at_k(4, 5, 1)
+
+
+class ScriptedBackend:
+    """Answers problem i's j-th sample with a scripted text; can fail on a chosen call."""
+
+    def __init__(self, answers, fail_on_call=None):
+        self.answers, self.fail_on_call, self.calls = answers, fail_on_call, []
+
+    def generate(self, prompts, n, sampling):
+        self.calls.append(list(prompts))
+        if self.fail_on_call == len(self.calls):
+            raise KeyboardInterrupt("simulated interruption")
+        out = Rollouts()
+        for i, p in enumerate(prompts):
+            question = p.split("\n")[0]
+            for j in range(n):
+                text = self.answers[question][j]
+                out.prompt_index.append(i)
+                out.prompt_ids.append([0])
+                out.token_ids.append([1] * len(text.split()))
+                out.logprobs.append([0.0] * len(text.split()))
+                out.text.append(text)
+                out.finish_reason.append("stop")
+        return out
+
+
+class PlainTok:
+    chat_template = None
+
+
+def problems(count):
+    return [Problem(id=f"p{i}", question=f"Q{i}", answer=str(i)) for i in range(count)]
+
+
+def script(count, k):
+    # problem i: first i % (k+1) samples right, then wrong, with doubt words in the wrong ones
+    return {f"Q{i}": [f"so \\boxed{{{i}}}" if j < i % (k + 1) else "wait, maybe \\boxed{-1}"
+                      for j in range(k)] for i in range(count)}
+
+
+def test_table_figures_follow_their_formulas():
+    k = 4
+    backend = ScriptedBackend(script(6, k))
+    res = evaluate(backend, PlainTok(), {"set": problems(6)}, k=k, sampling=Sampling(8),
+                   progress=False)
+    row = res.table.loc["set"]
+    correct = [i % (k + 1) for i in range(6)]
+    assert row["avg@4"] == pytest.approx(sum(correct) / (6 * k))
+    assert row["pass@4"] == pytest.approx(sum(c > 0 for c in correct) / 6)
+    assert row["pass@1"] == pytest.approx(row["avg@4"])
+    assert row["maj@4"] == pytest.approx(sum(c > k / 2 for c in correct) / 6)
+    wrong = 6 * k - sum(correct)
+    assert row["epi/wait"] == pytest.approx(wrong / (6 * k))
+    assert row["epi_total"] == pytest.approx(2 * wrong / (6 * k))
+
+
+def test_interrupted_evaluation_resumes_without_redoing_or_losing(tmp_path):
+    k, answers = 2, script(10, 2)
+    first = ScriptedBackend(answers, fail_on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(first, PlainTok(), {"set": problems(10)}, k=k, sampling=Sampling(8),
+                 out_dir=tmp_path, problems_per_batch=3, progress=False)
+    saved = [json.loads(x) for x in (tmp_path / SAMPLES_FILE).read_text().splitlines()]
+    assert len(saved) == 2 * 3 * k  # the two finished batches, nothing else
+
+    second = ScriptedBackend(answers)
+    res = evaluate(second, PlainTok(), {"set": problems(10)}, k=k, sampling=Sampling(8),
+                   out_dir=tmp_path, problems_per_batch=3, progress=False)
+    asked = [p.split("\n")[0] for call in second.calls for p in call]
+    assert asked == [f"Q{i}" for i in range(6, 10)]  # only the unfinished problems
+    assert len(res.samples) == 10 * k
+    assert sorted(res.samples.groupby("problem_id").size().tolist()) == [k] * 10
+    fresh = evaluate(ScriptedBackend(answers), PlainTok(), {"set": problems(10)}, k=k,
+                     sampling=Sampling(8), progress=False)
+    assert res.table.equals(fresh.table)
+
+
+def test_summary_has_overall_row_over_benchmarks():
+    backend = ScriptedBackend(script(4, 2))
+    sets = {"a": problems(4)[:2], "b": problems(4)[2:]}
+    res = evaluate(backend, PlainTok(), sets, k=2, sampling=Sampling(8), progress=False)
+    assert list(res.table.index) == ["a", "b", "overall"]
+    assert res.table.loc["overall", "samples"] == 8
+    assert summarize(res.samples.iloc[0:0]).empty

@@ -1,0 +1,50 @@
+from sdlib.prompts import (
+    STUDENT_SUFFIX,
+    chat,
+    hint_prompt,
+    split_thinking,
+    strip_thinking,
+    student_prompt,
+    teacher_prompt,
+)
+
+
+def test_templates_are_the_papers():
+    assert student_prompt("What is 2+2?") == (
+        "What is 2+2?\nPlease reason step by step, and put your final answer within \\boxed{}."
+    )
+    assert teacher_prompt("P", "D") == "P\nCorrect solution:\n\nD\n\nCorrectly solve the original question."
+    assert hint_prompt("Q", "S") == "Q\n\nCorrect solution: S\n\nCorrectly solve the original question."
+
+
+def test_few_shot_goes_before_the_question():
+    text = student_prompt("Q?", few_shot="Example: 1+1 = \\boxed{2}")
+    assert text.startswith("Example") and text.endswith("Q?\n" + STUDENT_SUFFIX)
+
+
+def test_split_thinking_forms():
+    assert split_thinking("<think>hmm</think> It is \\boxed{4}") == ("hmm", "It is \\boxed{4}")
+    assert split_thinking("lone part</think>answer") == ("lone part", "answer")
+    assert split_thinking("no thinking here") == (None, "no thinking here")
+    # the last </think> splits: a model may write one inside its thinking
+    assert split_thinking("a</think>b</think>c") == ("a</think>b", "c")
+
+
+def test_strip_thinking_both_forms():
+    assert strip_thinking("<think>long doubt</think>\nSo x = 3.") == "So x = 3."
+    assert strip_thinking("wait... maybe</think>\n\nx = 3") == "x = 3"
+    assert strip_thinking("plain solution") == "plain solution"
+
+
+def test_chat_template_and_thinking_switch(bundled):
+    text = chat(bundled.tokenizer, "hello")
+    assert text.rstrip().endswith("assistant") and "hello" in text
+
+    class Switch:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt, **kw):
+            return f"{messages[0]['content']}|{kw.get('enable_thinking')}"
+
+    assert chat(Switch(), "q", thinking=False) == "q|False"
+    assert chat(Switch(), "q") == "q|None"

@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+from sdlib.prompts import chat, student_prompt
+from sdlib.rollout import Rollouts, Sampling, TransformersBackend, VLLMBackend, sample_next
+
+QUESTIONS = ["What is 3 + 4?", "Compute 12 - 5.", "What is the capital of France? Answer briefly."]
+
+
+def prompts(tok):
+    return [chat(tok, student_prompt(q)) for q in QUESTIONS]
+
+
+def reference_greedy(model, ids: list[int], steps: int, stop: list[int]) -> list[int]:
+    """No cache, no batch, no padding: a full forward per token."""
+    seq, out = list(ids), []
+    for _ in range(steps):
+        with torch.no_grad():
+            nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+        out.append(nxt)
+        seq.append(nxt)
+        if nxt in stop:
+            break
+    return out
+
+
+def test_greedy_equals_token_by_token_reference(bundled):
+    backend = TransformersBackend(bundled.model, bundled.tokenizer, batch_size=3, progress=False)
+    got = backend.generate(prompts(bundled.tokenizer), n=1, sampling=Sampling(24, temperature=0))
+    for ids, toks in zip(got.prompt_ids, got.token_ids, strict=True):
+        assert toks == reference_greedy(bundled.model, ids, 24, backend.stop_ids)
+    assert got.prompt_index == [0, 1, 2]
+
+
+def test_batch_size_and_padding_change_nothing(bundled):
+    p = prompts(bundled.tokenizer)
+    s = Sampling(16, temperature=0)
+    one = TransformersBackend(bundled.model, bundled.tokenizer, 1, False).generate(p, 2, s)
+    many = TransformersBackend(bundled.model, bundled.tokenizer, 8, False).generate(p, 2, s)
+    assert one.token_ids == many.token_ids
+    assert one.prompt_index == [0, 0, 1, 1, 2, 2]
+
+
+def test_same_seed_repeats_other_seed_differs(tiny):
+    b = TransformersBackend(tiny.model, tiny.tokenizer, 4, False)
+    p = prompts(tiny.tokenizer)
+    a = b.generate(p, 2, Sampling(12, temperature=1.0, seed=7))
+    again = b.generate(p, 2, Sampling(12, temperature=1.0, seed=7))
+    other = b.generate(p, 2, Sampling(12, temperature=1.0, seed=8))
+    assert a.token_ids == again.token_ids and a.logprobs == again.logprobs
+    assert a.token_ids != other.token_ids
+
+
+def test_logprobs_equal_a_separate_forward(bundled):
+    b = TransformersBackend(bundled.model, bundled.tokenizer, 4, False)
+    got = b.generate(prompts(bundled.tokenizer), 2, Sampling(16, temperature=1.0, seed=1))
+    for ids, toks, lps in zip(got.prompt_ids, got.token_ids, got.logprobs, strict=True):
+        with torch.no_grad():
+            logits = bundled.model(torch.tensor([ids + toks])).logits[0, len(ids) - 1 : -1]
+        ref = torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(toks)[:, None])
+        assert torch.allclose(torch.tensor(lps, dtype=torch.float64), ref.squeeze(1), atol=1e-4)
+
+
+def test_stop_and_length_finish_reasons(tiny):
+    b = TransformersBackend(tiny.model, tiny.tokenizer, 4, False)
+    got = b.generate(prompts(tiny.tokenizer), 1, Sampling(5, temperature=1.0))
+    for toks, why in zip(got.token_ids, got.finish_reason, strict=True):
+        assert why == ("stop" if toks[-1] in b.stop_ids else "length")
+        assert len(toks) <= 5
+
+
+def test_top_k_and_top_p_only_sample_allowed_tokens():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[4.0, 3.0, 0.0, -1.0, -2.0]]).repeat(500, 1)
+    tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_k=2), gen)
+    assert set(tok.tolist()) == {0, 1}
+    # p(0) = 0.70, p(1) = 0.26: top-p 0.5 keeps only token 0; 0.9 keeps 0 and 1
+    tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_p=0.5), gen)
+    assert set(tok.tolist()) == {0}
+    tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_p=0.9), gen)
+    assert set(tok.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1.0),
+                                 dict(top_p=0.0), dict(top_k=-2)])
+def test_sampling_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Sampling(**bad)
+
+
+class FakeCompletion:
+    def __init__(self, ids, text, reason):
+        self.token_ids, self.text, self.finish_reason = ids, text, reason
+        self.logprobs = [{t: type("L", (), {"logprob": -0.5 * t})()} for t in ids]
+
+
+class FakeRequest:
+    def __init__(self, prompt_ids, completions):
+        self.prompt_token_ids, self.outputs = prompt_ids, completions
+
+
+class FakeEngine:
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, requests, params, lora_request=None, use_tqdm=True):
+        self.calls.append((requests, params, lora_request))
+        return [FakeRequest(r["prompt_token_ids"],
+                            [FakeCompletion([1, 2], "ab", "stop"), FakeCompletion([3], "c", "length")])
+                for r in requests]
+
+
+def test_vllm_result_conversion_with_a_fake_engine(tiny):
+    outputs = FakeEngine().generate([{"prompt_token_ids": [7, 8]}, {"prompt_token_ids": [9]}], None)
+    r = VLLMBackend.to_rollouts(outputs, seconds=1.5)
+    assert isinstance(r, Rollouts) and len(r) == 4
+    assert r.prompt_index == [0, 0, 1, 1]
+    assert r.prompt_ids == [[7, 8], [7, 8], [9], [9]]
+    assert r.token_ids == [[1, 2], [3], [1, 2], [3]]
+    assert r.logprobs[0] == [-0.5, -1.0]
+    assert r.finish_reason == ["stop", "length", "stop", "length"]
+
+
+def test_vllm_builds_requests_from_token_ids(tiny, monkeypatch):
+    engine = FakeEngine()
+    backend = VLLMBackend(engine, tiny.tokenizer)
+    monkeypatch.setattr(backend, "sampling_params", lambda n, s: ("params", n, s.max_new_tokens))
+    got = backend.generate(["hello", "hi there"], n=2, sampling=Sampling(9))
+    requests, params, lora = engine.calls[0]
+    assert [r["prompt_token_ids"] for r in requests] == [
+        tiny.tokenizer("hello", add_special_tokens=False)["input_ids"],
+        tiny.tokenizer("hi there", add_special_tokens=False)["input_ids"],
+    ]
+    assert params == ("params", 2, 9) and lora is None
+    assert len(got) == 4
