@@ -128,3 +128,95 @@ def save(cfg, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     return path
+
+
+@dataclass
+class TrainConfig:
+    """``sdlib train sft|grpo|sdpo``: one LoRA training run, written to ``out``.
+
+    Batch sizes count prompts, as in the reference runs: each step samples
+    ``prompts_per_step`` problems, ``rollouts_per_prompt`` responses each, and makes
+    ``prompts_per_step / prompts_per_update`` optimizer updates.
+    """
+
+    algo: str = doc("grpo, sdpo or sft", "sdpo")
+    model: str = doc("policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id",
+                     DEFAULT_MODEL)
+    data: list[str] = doc("training problem sets (see eval's data); sft: a samples jsonl",
+                          ["synthetic:addition:1:64"])
+    out: str = doc("run folder; a rerun on the same folder resumes", "runs/train")
+    steps: int = doc("on-policy steps (sft: optimizer steps)", 10)
+    prompts_per_step: int = doc("problems sampled per step", 8)
+    rollouts_per_prompt: int = doc("responses sampled per problem (the group)", 8)
+    prompts_per_update: int = doc("problems per optimizer update (mini-batch)", 8)
+    micro_batch: int = doc("sequences per forward/backward (gradient accumulation)", 8)
+    lr: float = doc("AdamW learning rate (paper: GRPO 1e-6, SDPO 1e-5 on full weights)", 1e-4)
+    weight_decay: float = doc("AdamW weight decay", 0.01)
+    warmup_steps: int = doc("linear warm-up, in optimizer updates; constant afterwards", 0)
+    grad_clip: float = doc("clip the global gradient norm to this; 0 = off", 1.0)
+    lora_r: int = doc("LoRA rank", 16)
+    lora_alpha: int = doc("LoRA scale numerator (scale = alpha / r)", 32)
+    lora_dropout: float = doc("LoRA dropout", 0.0)
+    dtype: str = doc("fp32 or bf16 (weights loaded in it)", "fp32")
+    device: str = doc("torch device", "cpu")
+    gradient_checkpointing: bool = doc("recompute activations in backward to save memory", False)
+    load_in_4bit: bool = doc("4-bit base weights through bitsandbytes (GPU only)", False)
+    backend: str = doc("rollout backend: transformers or vllm (GPU)", "transformers")
+    gen_batch: int = doc("sequences decoded together (transformers backend)", 32)
+    max_new_tokens: int = doc("most tokens per response", 128)
+    temperature: float = doc("rollout sampling temperature", 1.0)
+    top_p: float = doc("rollout nucleus mass", 1.0)
+    few_shot: bool = doc("prefix a one-line worked example to show the \\boxed{} format", False)
+    thinking: str = doc("chat template thinking switch: on, off or default", "default")
+    seed: int = doc("seed of data order, sampling and LoRA init", 0)
+    loss_agg: str = doc("token-mean, seq-mean-token-mean or seq-mean-token-sum", "token-mean")
+    loss_chunk: int = doc("tokens per chunk of the output head in the loss", 1024)
+    # GRPO
+    eps_low: float = doc("GRPO clip range below 1", 0.2)
+    eps_high: float = doc("GRPO clip range above 1", 0.28)
+    dual_clip: float = doc("GRPO dual clip constant (> 1); 0 = off", 0.0)
+    std_normalize: bool = doc("divide GRPO advantages by the group std", False)
+    entropy_coef: float = doc("entropy bonus weight", 0.0)
+    kl_coef: float = doc("GRPO: weight of KL(policy || initial) per token (k3); 0 = off", 0.0)
+    # SDPO
+    alpha: float = doc("generalized JSD: 0 forward KL, 1 reverse KL, 0.5 JSD", 0.5)
+    topk: int = doc("student top-k tokens in the distillation loss; 0 = full vocabulary", 100)
+    distill_loss: str = doc("topk-tail, topk-renorm, sampled-token or full", "topk-tail")
+    is_clip: float = doc("clip of the detached per-token ratio pi / pi_old; 0 = no weight", 2.0)
+    teacher: str = doc("initial (adapter off, the frozen start), live or ema", "initial")
+    ema_rate: float = doc("EMA teacher update rate per optimizer update", 0.05)
+    success_threshold: float = doc("reward at which a rollout can be a demonstration", 0.5)
+    dont_reprompt_on_self_success: bool = doc(
+        "a rollout never serves as its own demonstration (the first *other* success)", True)
+    strip_demo_thinking: bool = doc("remove <think>...</think> from demonstrations", False)
+    feedback: bool = doc("teach rollouts with no successful sibling from a feedback text", False)
+    # SFT
+    epochs: int = doc("SFT passes over the data (steps caps it)", 1)
+    # run management
+    save_every: int = doc("checkpoint every N steps (and at the end)", 5)
+    sample_every: int = doc("write rollouts to samples.jsonl every N steps", 1)
+
+    def validate(self) -> None:
+        choices = {
+            "algo": ("grpo", "sdpo", "sft"),
+            "teacher": ("initial", "live", "ema"),
+            "backend": ("transformers", "vllm"),
+            "thinking": ("on", "off", "default"),
+            "loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"),
+            "distill_loss": ("topk-tail", "topk-renorm", "sampled-token", "full"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} = {getattr(self, name)!r}; expected one of {allowed}")
+        positive = ("steps", "prompts_per_step", "rollouts_per_prompt", "prompts_per_update",
+                    "micro_batch", "lora_r", "gen_batch", "max_new_tokens", "loss_chunk")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")
+        if self.prompts_per_step % self.prompts_per_update:
+            raise ConfigError(f"prompts_per_step = {self.prompts_per_step} is not a multiple of "
+                              f"prompts_per_update = {self.prompts_per_update}")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha = {self.alpha!r}; expected a number in [0, 1]")
+        if not 0 <= self.ema_rate <= 1:
+            raise ConfigError(f"ema_rate = {self.ema_rate!r}; expected a number in [0, 1]")

@@ -131,12 +131,11 @@ def _answer_tag(text: str) -> str | None:
 
 
 def _answer_line(text: str) -> str | None:
-    """Content of the last line reading ``Answer: ...`` (also ``**Answer:**``, ``Final answer:``)."""
+    """Content of the last ``Answer: ...`` line (also ``**Answer:**``, ``Final answer:``)."""
     for line in reversed(text.splitlines()):
         m = _ANSWER_LINE_RE.match(line)
         if m:
-            content = m.group(1).strip().strip("*_").strip().strip("$").strip()
-            content = content[:-1].rstrip() if content.endswith(".") else content
+            content = m.group(1).lstrip(" \t*_$").rstrip(" \t*_$.")  # "**Answer:** $42$."
             if content:
                 return content
     return None
@@ -172,13 +171,17 @@ _SLASH_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))/([+-]?(?:\d+(?:\.\d*)?|\
 _FRAC_RE = re.compile(r"([+-]?)(\d*)\s*\\frac\s*(?:\{([^{}]*)\}|(\d))\s*(?:\{([^{}]*)\}|(\d))")
 
 
+def _unspace(s: str) -> str:
+    """Spacing commands (``\\!``, ``\\,``, ``\\ ``, ``~``) to plain spaces; row breaks kept."""
+    return _SPACING_RE.sub(lambda m: m.group() if m.group() == "\\\\" else " ", s)
+
+
 def _canon(s: str) -> str:
     """A spelling-only canonical form: equal canonical strings are the same maths.
 
     Drops ``$``, spacing commands, ``\\left``/``\\right``, maps ``\\dfrac``/``\\tfrac`` to
     ``\\frac``, and removes spaces except between two word characters (``\\pi r``, ``2 3``)."""
-    s = s.replace("\\$", "").replace("$", "")
-    s = _SPACING_RE.sub(" ", s)
+    s = _unspace(s.replace("\\$", "").replace("$", ""))
     s = _FRAC_CMD_RE.sub(r"\\frac", _LEFT_RIGHT_RE.sub("", s))
     return _LOOSE_SPACE_RE.sub("", " ".join(s.split()))
 
@@ -187,14 +190,14 @@ def _strip_decorations(s: str) -> tuple[str, bool]:
     """(number-like core, had a percent sign): drop currency, degrees, units, spacing.
 
     ``10,\\!080`` -> ``10,080``; ``864 \\mbox{ inches}^2`` -> ``864``; ``\\text{5}`` -> ``5``."""
-    s = s.replace("{,}", ",").replace(",\\!", ",").replace("\\$", "").replace("$", "")
-    s = " ".join(_SPACING_RE.sub(" ", s).split())
+    s = _THIN_COMMA_RE.sub(",", s).replace("\\$", "").replace("$", "")
+    s = " ".join(_unspace(s).split())
     percent = s.endswith("%")
     s = s.rstrip("%").removesuffix("\\").strip() if percent else s
-    for _ in range(3):  # a few trailing decorations, e.g. "5 \text{ m}^2" or "90^\circ"
+    if m := _WRAPPED_TEXT_RE.fullmatch(s):
+        s = m.group(1).strip()
+    for _ in range(3):  # a few trailing decorations, e.g. "5 \\text{ m}^2" or "90^\\circ"
         s = _UNIT_RE.sub("", _DEGREE_RE.sub("", s)).strip()
-    s = _WRAPPED_TEXT_RE.fullmatch(s).group(1).strip() if _WRAPPED_TEXT_RE.fullmatch(s) else s
-    s = s.replace(", ", ",") if _THOUSANDS_RE.fullmatch(s.replace(", ", ",")) else s
     return s, percent
 
 
@@ -209,7 +212,8 @@ def _plain_number(s: str) -> Fraction | None:
 def _frac_value(m: re.Match) -> Fraction | None:
     """Value of a matched ``[sign][whole]\\frac{a}{b}``; a whole part makes a mixed number."""
     sign, whole, n1, n2, d1, d2 = m.groups()
-    num, den = _plain_number(n1 if n1 is not None else n2), _plain_number(d1 or d2)
+    num = _plain_number(n1 if n1 is not None else n2)
+    den = _plain_number(d1 if d1 is not None else d2)
     if num is None or den is None or den == 0:
         return None
     value = num / den
@@ -254,8 +258,9 @@ def _fast_equal(pred: str, gold: str) -> bool | None:
 
 # --------------------------------------------------------------------- multiple choice
 
-_CHOICE_STRIP_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*|[{}$*]")
+_CHOICE_STRIP_RE = re.compile(r"\\(?:textbf|text|mathrm|mathbf)\s*|[{}$*]")
 _CHOICE_RE = re.compile(r"\(?([A-J])(?![A-Za-z0-9])")
+_WHOLE_CHOICE_RE = re.compile(r"\(?([A-J])\)?")
 
 
 def _choice_letter(s: str, whole: bool = False) -> str | None:
@@ -263,8 +268,249 @@ def _choice_letter(s: str, whole: bool = False) -> str | None:
 
     ``whole=True`` (for golds) accepts only a bare letter, optionally in parentheses."""
     s = _CHOICE_STRIP_RE.sub("", s[:200]).strip()
-    if whole:
-        m = re.fullmatch(r"\(?([A-J])\)?", s)
-    else:
-        m = _CHOICE_RE.match(s)
+    m = _WHOLE_CHOICE_RE.fullmatch(s) if whole else _CHOICE_RE.match(s)
     return m.group(1) if m else None
+
+
+# ------------------------------------------------------------------------ symbolic path
+
+_TOWER_RE = re.compile(r"[\d}]\s*\^\s*\{[^{}]*\^")  # 10^{10^{10}}: numbers nobody can build
+_BIG_EXPONENT_RE = re.compile(r"\^\s*\{?\s*[+-]?\d{5,}")
+_BIG_FACTORIAL_RE = re.compile(r"\d{6,}\s*!|\^\s*\{?\s*\d+\s*\}?\s*\)?\s*!")  # (10^{6})!
+MAX_POWER_HEIGHT = 2  # e^{x^2} is fine, e^{e^{e^{x}}} is a bomb
+
+
+def _nesting(s: str) -> tuple[int, int]:
+    """(deepest brace nesting, tallest power tower) in one pass.
+
+    Tower height at a ``^`` = 1 + the number of open ``^{...}`` groups around it."""
+    groups: list[bool] = []  # for each open brace: does it open a superscript?
+    deepest = tallest = supers = 0
+    after_caret = False
+    for c in s:
+        if c == "^":
+            tallest = max(tallest, supers + 1)
+        elif c == "{":
+            groups.append(after_caret)
+            supers += after_caret
+            deepest = max(deepest, len(groups))
+        elif c == "}" and groups:
+            supers -= groups.pop()
+        if not c.isspace():
+            after_caret = c == "^"
+    return deepest, tallest
+
+
+def _too_complex(s: str) -> bool:
+    """Refuse what would only burn the symbolic timeout: long strings, deep nesting,
+    power towers (three high, or two high on a number), exponents >= 10^4, factorials of
+    numbers >= 10^5 or of powers. The timeout still guards everything this lets through."""
+    if len(s) > MAX_SYMBOLIC_CHARS:
+        return True
+    deepest, tallest = _nesting(s)
+    if deepest > MAX_BRACE_DEPTH or tallest > MAX_POWER_HEIGHT:
+        return True
+    return any(r.search(s) for r in (_TOWER_RE, _BIG_EXPONENT_RE, _BIG_FACTORIAL_RE))
+
+
+def _make_checker():
+    """Build the math-verify comparison; runs in the worker process only.
+
+    Only ``LatexExtractionConfig`` is used. ``ExprExtractionConfig`` (part of math-verify's
+    default) sends plain-text matches through ``sympy.parsing.parse_expr``, which calls
+    Python ``eval`` on model text (math_verify/parser.py: ``extract_expr`` ->
+    ``parse_expr_cached``). The LaTeX path goes through the ANTLR grammar of
+    latex2sympy2_extended, which only hands lexer-checked number tokens to ``sympy.Number``.
+    ``parsing_timeout=None`` and ``timeout_seconds=None`` switch off math-verify's SIGALRM
+    timeouts (main thread only); the parent's wall-clock timeout replaces them."""
+    import logging
+
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # silence "timeout disabled"
+    config = [LatexExtractionConfig()]
+
+    def check(pred: str, gold: str) -> bool:
+        g = parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=None)
+        p = parse("\\boxed{" + pred + "}", extraction_config=config, parsing_timeout=None)
+        return bool(g and p and verify(g, p, timeout_seconds=None))
+
+    return check
+
+
+def _serve(fd: int) -> None:
+    """Worker main loop: answer ``(pred, gold)`` requests on socket ``fd`` until EOF.
+
+    Replies ``("ready", None)`` once, then ``("ok", bool)`` or ``("error", name)`` each."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = WORKER_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(hard, WORKER_MEMORY_BYTES)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    conn = Connection(fd)
+    check = _make_checker()
+    conn.send(("ready", None))
+    while True:
+        try:
+            pred, gold = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", check(pred, gold)))
+        except Exception as e:  # MemoryError, RecursionError, sympy internals
+            conn.send(("error", type(e).__name__))
+
+
+class _Worker:
+    """One long-lived child process that runs math-verify, behind a lock.
+
+    A plain subprocess talking over a socketpair (not multiprocessing.Process): it starts
+    from any thread and also inside daemonic processes (Pool or DataLoader workers), which
+    multiprocessing refuses to let have children, and it never re-imports ``__main__``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self._ready = False
+
+    def _start(self) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        root = str(Path(__file__).resolve().parent.parent)  # so the child imports this sdlib
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        }
+        code = f"from sdlib.grading import _serve; _serve({child_sock.fileno()})"
+        with child_sock:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=(child_sock.fileno(),), env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        self._conn, self._ready = Connection(parent_sock.detach()), False
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def _restart(self) -> None:
+        # Start the next child at once, so its imports overlap with the caller's work.
+        self._stop()
+        self._start()
+
+    def _await_ready(self) -> bool:
+        if not self._ready and self._conn.poll(WORKER_STARTUP_S):
+            self._ready = self._conn.recv()[0] == "ready"
+        return self._ready
+
+    def check(self, pred: str, gold: str, timeout: float) -> str:
+        """ "symbolic" | "mismatch" | "timeout" | "error" for one comparison."""
+        with self._lock:
+            try:
+                if self._proc is None or self._proc.poll() is not None:
+                    self._restart()
+                if not self._await_ready():
+                    self._restart()
+                    return "error"
+                self._conn.send((pred, gold))
+                if not self._conn.poll(timeout):
+                    self._restart()
+                    return "timeout"
+                status, value = self._conn.recv()
+            except (OSError, EOFError):  # the child died (a crash, or the memory cap)
+                self._restart()
+                return "error"
+        if status != "ok":
+            return "error"
+        return "symbolic" if value else "mismatch"
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's worker without touching it."""
+        if self._conn is not None:
+            self._conn.close()
+        self.__init__()
+
+
+_WORKER = _Worker()
+atexit.register(_WORKER.close)
+
+
+# ------------------------------------------------------------------------------ grading
+
+_CACHE: OrderedDict[tuple[str, str], Grade] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_UNCACHED = ("timeout", "error")  # depend on load or on a crash, not on the answer
+
+
+def _after_fork() -> None:
+    # A forked child must not share the parent's worker socket or a lock held at fork time.
+    global _CACHE_LOCK
+    _CACHE_LOCK = threading.Lock()
+    _WORKER.forget()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _cached(key: tuple[str, str]) -> Grade | None:
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+        return hit
+
+
+def _remember(key: tuple[str, str], result: Grade) -> Grade:
+    if result.reason not in _UNCACHED and len(key[0]) <= MAX_SYMBOLIC_CHARS:
+        with _CACHE_LOCK:
+            _CACHE[key] = result
+            if len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    return result
+
+
+def _decide(pred: str, gold: str, timeout: float) -> Grade:
+    letter = _choice_letter(gold, whole=True)
+    if letter is not None:
+        same = _choice_letter(pred) == letter
+        return Grade(same, "exact" if same else "mismatch")
+    if _canon(pred) == _canon(gold):
+        return Grade(True, "exact")
+    fast = _fast_equal(pred, gold)
+    if fast is not None:
+        return Grade(fast, "exact" if fast else "mismatch")
+    if _too_complex(pred) or _too_complex(gold):
+        return Grade(False, "error")
+    reason = _WORKER.check(pred, gold, timeout)
+    return Grade(reason == "symbolic", reason)
+
+
+def grade(pred: str | None, gold: str, timeout: float = 5.0) -> Grade:
+    """Is the extracted answer ``pred`` equivalent to ``gold``? (see the module docstring)
+
+    ``timeout`` bounds the symbolic check's wall clock (time spent waiting for another
+    thread's check, or for a fresh worker to import sympy, comes on top). Thread-safe."""
+    if pred is None or not pred.strip():
+        return Grade(False, "no_answer")
+    pred, gold = pred.strip(), str(gold).strip()
+    key = (pred, gold)
+    return _cached(key) or _remember(key, _decide(pred, gold, timeout))
+
+
+def is_equivalent(pred: str | None, gold: str, timeout: float = 5.0) -> bool:
+    return grade(pred, gold, timeout).correct
+
+
+def grade_response(response_text: str, gold: str, timeout: float = 5.0) -> Grade:
+    """Extract the final answer of a full response and grade it against ``gold``."""
+    return grade(extract_answer(response_text), gold, timeout)

@@ -507,7 +507,9 @@ class _ChunkedHead(torch.autograd.Function):
                 saved,
                 _ChunkGrads(*_rows(all_grads, rows)),
             )
-            grad = grad.div_(temperature).to(hidden.dtype)  # [C, V]
+            if temperature != 1.0:
+                grad.div_(temperature)
+            grad = grad.to(hidden.dtype)  # [C, V]
             if need_h:
                 grad_h[rows] = grad @ weight  # [C, H]
             if need_w and grad_w.dtype == grad.dtype:

@@ -465,3 +465,29 @@ def test_clipped_surrogate_entropy_bonus():
     plain, _ = L.clipped_surrogate(logp, logp, torch.ones(2))
     bonus, _ = L.clipped_surrogate(logp, logp, torch.ones(2), entropy=entropy, entropy_coef=0.1)
     close(bonus, plain - 0.2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chunked_head_on_cuda_matches_cpu():
+    hidden, t_hidden, weight, bias, tokens = head_inputs(n=40, seed=22, bias=True)
+    results = []
+    for device in ("cpu", "cuda"):
+        params = [p.to(device).requires_grad_(True) for p in (hidden, weight, bias)]
+        student = L.student_head_stats(
+            params[0],
+            params[1],
+            tokens.to(device),
+            20,
+            bias=params[2],
+            chunk_size=16,
+            with_entropy=True,
+        )
+        teacher = L.teacher_head_stats(
+            t_hidden.to(device), params[1], tokens.to(device), student.topk_index, bias=params[2]
+        )
+        loss = L.sdpo_token_loss(student, teacher).mean() - 0.01 * student.entropy.mean()
+        results.append((loss, torch.autograd.grad(loss, params)))
+    (cpu_loss, cpu_grads), (cuda_loss, cuda_grads) = results
+    close(cuda_loss.cpu(), cpu_loss, rtol=1e-4, atol=1e-6)
+    for got, want in zip(cuda_grads, cpu_grads, strict=True):
+        close(got.cpu(), want, rtol=1e-4, atol=1e-6)
