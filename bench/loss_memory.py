@@ -135,15 +135,15 @@ def table_row(vocab: int, tokens: int, naive: dict | None, chunked: dict | None)
     def mib(result):
         return "-" if result is None else f"{result['peak_mib']:,.0f}"
 
-    def sec(result):
-        return "-" if result is None else f"{result['seconds']:.2f}"
+    def msec(result):
+        return "-" if result is None else f"{1000 * result['seconds']:,.1f}"
 
     both = naive is not None and chunked is not None
     memory = f"{chunked['peak_mib'] / naive['peak_mib']:.0%}" if both else "-"
     speed = f"{chunked['seconds'] / naive['seconds']:.2f}x" if both else "-"
     naive_mib = mib(naive) if naive is not None else "skipped (would not fit)"
     cells = [f"{vocab:,}", f"{tokens:,}", naive_mib, mib(chunked), memory]
-    cells += [sec(naive), sec(chunked), speed]
+    cells += [msec(naive), msec(chunked), speed]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     print(f"device {device_name}, {args.dtype}, hidden {args.hidden}, k {args.k}, "
           f"chunk {args.chunk} tokens, batch 1; peak = growth over the inputs")  # fmt: skip
     columns = ["V", "T", "naive peak MiB", "chunked peak MiB", "memory ratio"]
-    columns += ["naive s", "chunked s", "time ratio"]
+    columns += ["naive ms", "chunked ms", "time ratio"]
     print("\n| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for vocab in args.vocab:

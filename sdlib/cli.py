@@ -13,8 +13,13 @@ from sdlib import config as cfgmod
 def add_schema_args(parser: argparse.ArgumentParser, cls) -> None:
     """One ``--flag`` per field of ``cls``, documented by the field's own help text."""
     parser.add_argument("--config", help="YAML file of parameters (a preset)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one parameter (repeatable), value read as YAML")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter (repeatable), value read as YAML",
+    )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, flag = hints[f.name], "--" + f.name.replace("_", "-")
@@ -23,8 +28,9 @@ def add_schema_args(parser: argparse.ArgumentParser, cls) -> None:
         if typing.get_origin(tp) is list:
             parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=text)
         elif tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
         else:
             parser.add_argument(flag, dest=f.name, type=tp, default=None, help=text)
 
@@ -41,8 +47,9 @@ def schema_from_args(cls, args: argparse.Namespace):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_schema_args(sub.add_parser("eval", help="evaluate a policy on problem sets"),
-                    cfgmod.EvalConfig)
+    add_schema_args(
+        sub.add_parser("eval", help="evaluate a policy on problem sets"), cfgmod.EvalConfig
+    )
     demo = sub.add_parser("demo", help="the main job: evaluate the bundled model")
     demo.add_argument("--preset", default="tiny", help="smoke or tiny (default: tiny)")
     demo.add_argument("--out", default="", help="output folder (default: runs/<preset>/demo)")

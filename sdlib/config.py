@@ -38,22 +38,26 @@ def doc(help: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
 class EvalConfig:
     """``sdlib eval``: k samples per problem on one or more problem sets."""
 
-    model: str = doc("policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id",
-                     DEFAULT_MODEL)
-    data: list[str] = doc("problem sets: short names (aime24, math500, seen_64, chemistry), "
-                          "paths (.parquet/.jsonl/.json) or synthetic:FAMILY[:LEVEL[:COUNT]]",
-                          ["synthetic:addition:1:8"])
+    model: str = doc(
+        "policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id", DEFAULT_MODEL
+    )
+    data: list[str] = doc(
+        "problem sets: short names (aime24, math500, seen_64, chemistry), "
+        "paths (.parquet/.jsonl/.json) or synthetic:FAMILY[:LEVEL[:COUNT]]",
+        ["synthetic:addition:1:8"],
+    )
     limit: int = doc("evaluate at most this many problems per set; 0 = all", 0)
     k: int = doc("samples per problem (avg@k, pass@k)", 4)
     max_new_tokens: int = doc("most tokens generated per response", 256)
     temperature: float = doc("sampling temperature; 0 = greedy", 0.6)
     top_p: float = doc("nucleus sampling mass", 0.95)
     seed: int = doc("random seed of the sampler", 0)
-    dtype: str = doc("weights and compute precision: fp32 or bf16", "fp32")
+    dtype: str = doc("weights and compute precision: fp32, bf16 (fp64 for tests)", "fp32")
     device: str = doc("torch device: cpu, cuda, cuda:1 ...", "cpu")
     batch_size: int = doc("sequences decoded together", 32)
     lora: str = doc("folder of a saved LoRA adapter to apply; empty = none", "")
     thinking: str = doc("chat template thinking switch: on, off or default", "default")
+    few_shot: bool = doc("prefix a one-line worked example to show the \\boxed{} format", False)
     out: str = doc("output folder (resumes when it holds samples.jsonl); empty = none", "")
 
 
@@ -84,8 +88,10 @@ def check_types(cfg) -> None:
             bad = not all(isinstance(v, _expected(item)) for v in value)
         if bad:
             name = getattr(tp, "__name__", str(tp))
-            raise ConfigError(f"{type(cfg).__name__}.{f.name} = {value!r} "
-                              f"({type(value).__name__}); expected {name}: {f.metadata.get('help')}")
+            raise ConfigError(
+                f"{type(cfg).__name__}.{f.name} = {value!r} "
+                f"({type(value).__name__}); expected {name}: {f.metadata.get('help')}"
+            )
 
 
 def from_dict(cls, values: dict[str, Any]):
@@ -140,10 +146,12 @@ class TrainConfig:
     """
 
     algo: str = doc("grpo, sdpo or sft", "sdpo")
-    model: str = doc("policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id",
-                     DEFAULT_MODEL)
-    data: list[str] = doc("training problem sets (see eval's data); sft: a samples jsonl",
-                          ["synthetic:addition:1:64"])
+    model: str = doc(
+        "policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id", DEFAULT_MODEL
+    )
+    data: list[str] = doc(
+        "training problem sets (see eval's data); sft: a samples jsonl", ["synthetic:addition:1:64"]
+    )
     out: str = doc("run folder; a rerun on the same folder resumes", "runs/train")
     steps: int = doc("on-policy steps (sft: optimizer steps)", 10)
     prompts_per_step: int = doc("problems sampled per step", 8)
@@ -157,7 +165,7 @@ class TrainConfig:
     lora_r: int = doc("LoRA rank", 16)
     lora_alpha: int = doc("LoRA scale numerator (scale = alpha / r)", 32)
     lora_dropout: float = doc("LoRA dropout", 0.0)
-    dtype: str = doc("fp32 or bf16 (weights loaded in it)", "fp32")
+    dtype: str = doc("weights and compute precision: fp32, bf16 (fp64 for tests)", "fp32")
     device: str = doc("torch device", "cpu")
     gradient_checkpointing: bool = doc("recompute activations in backward to save memory", False)
     load_in_4bit: bool = doc("4-bit base weights through bitsandbytes (GPU only)", False)
@@ -187,7 +195,8 @@ class TrainConfig:
     ema_rate: float = doc("EMA teacher update rate per optimizer update", 0.05)
     success_threshold: float = doc("reward at which a rollout can be a demonstration", 0.5)
     dont_reprompt_on_self_success: bool = doc(
-        "a rollout never serves as its own demonstration (the first *other* success)", True)
+        "a rollout never serves as its own demonstration (the first *other* success)", True
+    )
     strip_demo_thinking: bool = doc("remove <think>...</think> from demonstrations", False)
     feedback: bool = doc("teach rollouts with no successful sibling from a feedback text", False)
     # SFT
@@ -208,14 +217,25 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}; expected one of {allowed}")
-        positive = ("steps", "prompts_per_step", "rollouts_per_prompt", "prompts_per_update",
-                    "micro_batch", "lora_r", "gen_batch", "max_new_tokens", "loss_chunk")
+        positive = (
+            "steps",
+            "prompts_per_step",
+            "rollouts_per_prompt",
+            "prompts_per_update",
+            "micro_batch",
+            "lora_r",
+            "gen_batch",
+            "max_new_tokens",
+            "loss_chunk",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")
         if self.prompts_per_step % self.prompts_per_update:
-            raise ConfigError(f"prompts_per_step = {self.prompts_per_step} is not a multiple of "
-                              f"prompts_per_update = {self.prompts_per_update}")
+            raise ConfigError(
+                f"prompts_per_step = {self.prompts_per_step} is not a multiple of "
+                f"prompts_per_update = {self.prompts_per_update}"
+            )
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"alpha = {self.alpha!r}; expected a number in [0, 1]")
         if not 0 <= self.ema_rate <= 1:

@@ -29,6 +29,8 @@ from sdlib.prompts import chat, student_prompt
 from sdlib.rollout import Sampling
 
 SAMPLES_FILE = "samples.jsonl"
+# the paper's evaluation sampling (R1-Distill): T 0.6, top-p 0.95
+EVAL_SAMPLING = Sampling(temperature=0.6, top_p=0.95)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -47,15 +49,24 @@ class EvalResult:
     out_dir: Path | None = None
 
 
-def render(problems: Iterable[Problem], tokenizer, prompt_fn: Callable[[Problem], str] | None = None,
-           thinking: bool | None = None) -> list[str]:
+def render(
+    problems: Iterable[Problem],
+    tokenizer,
+    prompt_fn: Callable[[Problem], str] | None = None,
+    thinking: bool | None = None,
+) -> list[str]:
     """Chat-templated student prompts (or ``prompt_fn``'s user turns) for ``problems``."""
     make = prompt_fn or (lambda p: student_prompt(p.question))
     return [chat(tokenizer, make(p), thinking=thinking) for p in problems]
 
 
-def sample_records(problems: list[Problem], rollouts, tokenizer, benchmark: str | list[str],
-                   extra: dict | None = None) -> list[dict]:
+def sample_records(
+    problems: list[Problem],
+    rollouts,
+    tokenizer,
+    benchmark: str | list[str],
+    extra: dict | None = None,
+) -> list[dict]:
     """Grade and measure each sample of ``rollouts`` (which answer ``problems`` in order).
 
     ``benchmark`` names them all, or each problem (a list aligned with ``problems``)."""
@@ -65,19 +76,21 @@ def sample_records(problems: list[Problem], rollouts, tokenizer, benchmark: str 
     for i, text in enumerate(rollouts.text):
         problem = problems[rollouts.prompt_index[i]]
         grade = grade_response(text, problem.answer)
-        rows.append({
-            "benchmark": names[rollouts.prompt_index[i]],
-            "problem_id": problem.id,
-            "sample": seen[problem.id],
-            "gold": problem.answer,
-            "pred": extract_answer(text),
-            "correct": bool(grade.correct),
-            "grade": grade.reason,
-            "finish": rollouts.finish_reason[i],
-            **behavior_row(text, tokenizer=tokenizer, token_ids=rollouts.token_ids[i]),
-            "text": text,
-            **(extra or {}),
-        })
+        rows.append(
+            {
+                "benchmark": names[rollouts.prompt_index[i]],
+                "problem_id": problem.id,
+                "sample": seen[problem.id],
+                "gold": problem.answer,
+                "pred": extract_answer(text),
+                "correct": bool(grade.correct),
+                "grade": grade.reason,
+                "finish": rollouts.finish_reason[i],
+                **behavior_row(text, tokenizer=tokenizer, token_ids=rollouts.token_ids[i]),
+                "text": text,
+                **(extra or {}),
+            }
+        )
         seen[problem.id] += 1
     return rows
 
@@ -105,11 +118,19 @@ def append_samples(out_dir: Path | None, rows: list[dict]) -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def evaluate(backend, tokenizer, benchmarks: dict[str, list[Problem]], *, k: int = 4,
-             sampling: Sampling = Sampling(temperature=0.6, top_p=0.95),
-             out_dir: str | Path | None = None, problems_per_batch: int = 8,
-             prompt_fn: Callable[[Problem], str] | None = None, thinking: bool | None = None,
-             progress: bool = True) -> EvalResult:
+def evaluate(
+    backend,
+    tokenizer,
+    benchmarks: dict[str, list[Problem]],
+    *,
+    k: int = 4,
+    sampling: Sampling = EVAL_SAMPLING,
+    out_dir: str | Path | None = None,
+    problems_per_batch: int = 8,
+    prompt_fn: Callable[[Problem], str] | None = None,
+    thinking: bool | None = None,
+    progress: bool = True,
+) -> EvalResult:
     """Sample ``k`` responses per problem of each benchmark and summarise them.
 
     Problems whose k samples are already in ``out_dir`` are skipped (resume).
@@ -119,8 +140,9 @@ def evaluate(backend, tokenizer, benchmarks: dict[str, list[Problem]], *, k: int
     out_dir = Path(out_dir) if out_dir is not None else None
     rows = read_samples(out_dir)
     counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)
-    todo = [(name, p) for name, probs in benchmarks.items() for p in probs
-            if counts[(name, p.id)] < k]
+    todo = [
+        (name, p) for name, probs in benchmarks.items() for p in probs if counts[(name, p.id)] < k
+    ]
     if out_dir is not None and any(0 < counts[(n, p.id)] < k for n, p in todo):
         # a batch cut mid-write: drop its partial rows so each problem has exactly k
         rows = [r for r in rows if counts[(r["benchmark"], r["problem_id"])] >= k]
@@ -130,8 +152,9 @@ def evaluate(backend, tokenizer, benchmarks: dict[str, list[Problem]], *, k: int
         batch = todo[lo : lo + problems_per_batch]
         problems = [p for _, p in batch]
         seed = sampling.seed + lo  # fixed per batch position, so a resume samples the same
-        rollouts = backend.generate(render(problems, tokenizer, prompt_fn, thinking), n=k,
-                                    sampling=_reseed(sampling, seed))
+        rollouts = backend.generate(
+            render(problems, tokenizer, prompt_fn, thinking), n=k, sampling=_reseed(sampling, seed)
+        )
         new = sample_records(problems, rollouts, tokenizer, [n for n, _ in batch])
         append_samples(out_dir, new)
         rows += new

@@ -317,10 +317,13 @@ def _make_checker():
     """Build the math-verify comparison; runs in the worker process only.
 
     Only ``LatexExtractionConfig`` is used. ``ExprExtractionConfig`` (part of math-verify's
-    default) sends plain-text matches through ``sympy.parsing.parse_expr``, which calls
+    default) sends plain-text matches through ``sympy.parsing.parse_expr``, which runs
     Python ``eval`` on model text (math_verify/parser.py: ``extract_expr`` ->
-    ``parse_expr_cached``). The LaTeX path goes through the ANTLR grammar of
-    latex2sympy2_extended, which only hands lexer-checked number tokens to ``sympy.Number``.
+    ``parse_expr_cached``, with ``^`` rewritten to ``**``). In math-verify 0.9 a regex
+    limits those matches to digits and arithmetic operators, so it is "only" eval of
+    ``9**9**9``; one regex change away from running code. The LaTeX path goes through the
+    ANTLR grammar of latex2sympy2_extended, which hands ``sympy.Number`` (and so
+    ``parse_expr``) nothing but lexer-checked number tokens (tests pin this).
     ``parsing_timeout=None`` and ``timeout_seconds=None`` switch off math-verify's SIGALRM
     timeouts (main thread only); the parent's wall-clock timeout replaces them."""
     import logging
@@ -338,29 +341,38 @@ def _make_checker():
     return check
 
 
+def _limit_memory() -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = WORKER_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(hard, WORKER_MEMORY_BYTES)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+def _answer(check, pred: str, gold: str) -> tuple[str, object]:
+    try:
+        return "ok", check(pred, gold)
+    except Exception as e:  # MemoryError (the cap), RecursionError, sympy internals
+        return "error", type(e).__name__
+
+
 def _serve(fd: int) -> None:
     """Worker main loop: answer ``(pred, gold)`` requests on socket ``fd`` until EOF.
 
     Replies ``("ready", None)`` once, then ``("ok", bool)`` or ``("error", name)`` each."""
-    import resource
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = WORKER_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(hard, WORKER_MEMORY_BYTES)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    _limit_memory()
     conn = Connection(fd)
-    check = _make_checker()
-    conn.send(("ready", None))
-    while True:
-        try:
+    try:
+        check = _make_checker()
+        conn.send(("ready", None))
+        while True:
             pred, gold = conn.recv()
-        except EOFError:
-            return
-        try:
-            conn.send(("ok", check(pred, gold)))
-        except Exception as e:  # MemoryError, RecursionError, sympy internals
-            conn.send(("error", type(e).__name__))
+            conn.send(_answer(check, pred, gold))
+    except (EOFError, OSError):  # the parent closed its end or exited: nothing left to do
+        return
 
 
 class _Worker:
@@ -378,15 +390,13 @@ class _Worker:
 
     def _start(self) -> None:
         parent_sock, child_sock = socket.socketpair()
-        root = str(Path(__file__).resolve().parent.parent)  # so the child imports this sdlib
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-        }
+        # The child imports this very sdlib, and (-P) nothing from the current directory.
+        paths = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
         code = f"from sdlib.grading import _serve; _serve({child_sock.fileno()})"
         with child_sock:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", code], pass_fds=(child_sock.fileno(),), env=env,
+                [sys.executable, "-P", "-c", code], pass_fds=(child_sock.fileno(),), env=env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         self._conn, self._ready = Connection(parent_sock.detach()), False
@@ -402,7 +412,10 @@ class _Worker:
     def _restart(self) -> None:
         # Start the next child at once, so its imports overlap with the caller's work.
         self._stop()
-        self._start()
+        try:
+            self._start()
+        except OSError:  # no processes or file descriptors left: retry on the next call
+            self._stop()
 
     def _await_ready(self) -> bool:
         if not self._ready and self._conn.poll(WORKER_STARTUP_S):
@@ -410,12 +423,12 @@ class _Worker:
         return self._ready
 
     def check(self, pred: str, gold: str, timeout: float) -> str:
-        """ "symbolic" | "mismatch" | "timeout" | "error" for one comparison."""
+        """One comparison: "symbolic", "mismatch", "timeout" or "error"."""
         with self._lock:
             try:
                 if self._proc is None or self._proc.poll() is not None:
                     self._restart()
-                if not self._await_ready():
+                if self._conn is None or not self._await_ready():
                     self._restart()
                     return "error"
                 self._conn.send((pred, gold))
@@ -423,7 +436,7 @@ class _Worker:
                     self._restart()
                     return "timeout"
                 status, value = self._conn.recv()
-            except (OSError, EOFError):  # the child died (a crash, or the memory cap)
+            except Exception:  # the child died (a crash, the memory cap) or spoke garbage
                 self._restart()
                 return "error"
         if status != "ok":

@@ -398,18 +398,17 @@ def _reduce_chunk(
     (or None) and lse [C] = logsumexp over the vocabulary.
     """
     lse = torch.logsumexp(logits, -1)  # [C]
+    logp = logits.sub_(lse.unsqueeze(-1))  # [C, V], in place
     if index is None:
-        index = logits.topk(k, dim=-1).indices  # [C, k]
-    topk_logp = logits.gather(-1, index) - lse.unsqueeze(-1)
-    token_logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+        index = logp.topk(k, dim=-1).indices  # [C, k]
+    topk_logp = logp.gather(-1, index)
+    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        probs = (logits - lse.unsqueeze(-1)).exp_()  # [C, V]
-        # H = lse - sum_v p_v z_v, as a batched dot product to avoid another [C, V] buffer.
-        entropy = lse - (probs.unsqueeze(-2) @ logits.unsqueeze(-1)).flatten()
-        del probs
-    if index.shape[-1] < logits.shape[-1]:
-        tail_logp = torch.logsumexp(logits.scatter_(-1, index, -math.inf), -1) - lse
+        # H = -sum_v p_v log p_v as a batched dot product, to avoid another [C, V] buffer.
+        entropy = -(logp.exp().unsqueeze(-2) @ logp.unsqueeze(-1)).flatten()
+    if index.shape[-1] < logp.shape[-1]:
+        tail_logp = torch.logsumexp(logp.scatter_(-1, index, -math.inf), -1)
     else:
         tail_logp = torch.full_like(lse, -math.inf)
     return index, topk_logp, tail_logp, token_logp, entropy, lse
@@ -488,25 +487,21 @@ class _ChunkedHead(torch.autograd.Function):
         return index, topk_logp, tail, token, entropy
 
     @staticmethod
-    def backward(ctx, _g_index, g_topk, g_tail, g_token, g_entropy):
+    def backward(ctx, _g_index, *output_grads):
         hidden, weight, bias, tokens, index, lse, tail, entropy = ctx.saved_tensors
         temperature, chunk_size = ctx.config
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        acc = _compute_dtype(weight.dtype)
+        acc = _compute_dtype(weight.dtype)  # accumulate the head's gradient in fp32 at least
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
-        all_grads = (g_topk, g_tail, g_token, g_entropy)
-        for rows in _chunks(
-            hidden.shape[0] if any(g is not None for g in all_grads) else 0, chunk_size
-        ):
+        n = hidden.shape[0] if any(g is not None for g in output_grads) else 0
+        for rows in _chunks(n, chunk_size):
             h = hidden[rows]
             saved = _ChunkSaved(*_rows((index, tokens, lse, tail, entropy), rows))
-            grad = _logit_grad(
-                _chunk_logits(h, weight, bias, temperature),
-                saved,
-                _ChunkGrads(*_rows(all_grads, rows)),
-            )
+            logits = _chunk_logits(h, weight, bias, temperature)  # [C, V]
+            grad = _logit_grad(logits, saved, _ChunkGrads(*_rows(output_grads, rows)))
+            del logits  # now the same buffer as grad
             if temperature != 1.0:
                 grad.div_(temperature)
             grad = grad.to(hidden.dtype)  # [C, V]

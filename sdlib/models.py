@@ -35,6 +35,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "fp16": torch.float16,
     "float16": torch.float16,
+    "fp64": torch.float64,  # for exact comparisons in tests
 }
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -151,8 +152,10 @@ def _hub_snapshot(repo_id: str) -> str:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelNotFoundError(_not_cached(repo_id))
     try:
-        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model",
-                                                          "*.txt", "*.jinja", "*.tiktoken"])
+        return snapshot_download(
+            repo_id,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
+        )
     except Exception as err:
         raise ModelNotFoundError(f"{_not_cached(repo_id)} (download failed: {err})") from err
 

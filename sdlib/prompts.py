@@ -14,22 +14,38 @@ from __future__ import annotations
 import re
 
 STUDENT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
-TEACHER_TEMPLATE = "{prompt}\nCorrect solution:\n\n{demonstration}\n\nCorrectly solve the original question."
-FEEDBACK_TEMPLATE = "{prompt}\nFeedback from the environment:\n\n{feedback}\n\nCorrectly solve the original question."
-HINT_TEMPLATE = "{question}\n\nCorrect solution: {solution}\n\nCorrectly solve the original question."
+TEACHER_TEMPLATE = (
+    "{prompt}\nCorrect solution:\n\n{demonstration}\n\nCorrectly solve the original question."
+)
+FEEDBACK_TEMPLATE = (
+    "{prompt}\nFeedback from the environment:\n\n{feedback}"
+    "\n\nCorrectly solve the original question."
+)
+HINT_TEMPLATE = (
+    "{question}\n\nCorrect solution: {solution}\n\nCorrectly solve the original question."
+)
+
+# The tiny preset's format hint for a 135M model that rarely writes \boxed{} unprompted.
+FEW_SHOT = "Example: What is 2 + 3?\n2 + 3 = 5. The answer is \\boxed{5}."
+# The ``thinking`` parameter of configs -> the chat template's switch (None: its default).
+THINKING = {"on": True, "off": False, "default": None}
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 
-def student_prompt(question: str, few_shot: str = "") -> str:
-    """The student's single user turn. ``few_shot`` (tiny preset only) goes before the
-    question to show a weak model the ``\\boxed{}`` format; the paper uses none."""
+def student_prompt(question: str, few_shot: str | bool = "") -> str:
+    """The student's single user turn. ``few_shot`` (tiny preset only; True = ``FEW_SHOT``)
+    goes before the question to show a weak model the ``\\boxed{}`` format; the paper uses
+    none."""
+    few_shot = FEW_SHOT if few_shot is True else few_shot
     head = f"{few_shot.rstrip()}\n\n" if few_shot else ""
     return f"{head}{question}\n{STUDENT_SUFFIX}"
 
 
-def teacher_prompt(prompt: str, demonstration: str | None = None, feedback: str | None = None) -> str:
+def teacher_prompt(
+    prompt: str, demonstration: str | None = None, feedback: str | None = None
+) -> str:
     """The SDPO teacher's user turn: the student prompt plus a correct solution (or, when no
     sibling succeeded, environment feedback if the run uses it)."""
     if demonstration is not None:

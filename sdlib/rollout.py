@@ -21,8 +21,10 @@ from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
 # transformers renamed ``past_key_values`` to ``cache`` during 5.x; speak whichever it knows.
-_CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else (
-    "past_key_values"
+_CACHE_KW = (
+    "cache"
+    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
+    else ("past_key_values")
 )
 
 
@@ -148,16 +150,23 @@ class TransformersBackend:
         width = max(map(len, prompt_ids))
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
-        mask = (torch.arange(width, device=device) >= (width - torch.tensor(
-            [len(p) for p in prompt_ids], device=device))[:, None]).long()
+        mask = (
+            torch.arange(width, device=device)
+            >= (width - torch.tensor([len(p) for p in prompt_ids], device=device))[:, None]
+        ).long()
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         stop = torch.tensor(self.stop_ids, device=device)
         live = torch.arange(len(prompt_ids), device=device)  # batch row -> original row
         tokens = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         reasons = ["length"] * len(prompt_ids)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         for _ in range(s.max_new_tokens):
             token, logp = sample_next(out.logits[:, -1], s, gen)
             for row, t, lp in zip(live.tolist(), token.tolist(), logp.tolist(), strict=True):
@@ -175,8 +184,13 @@ class TransformersBackend:
                 live, token, mask, position = live[keep], token[keep], mask[keep], position[keep]
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             position = position[:, -1:] + 1
-            out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
-                             use_cache=True, **{_CACHE_KW: cache})
+            out = self.model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=position,
+                use_cache=True,
+                **{_CACHE_KW: cache},
+            )
         return list(zip(tokens, logps, reasons, strict=True))
 
 
@@ -189,26 +203,48 @@ class VLLMBackend:
         self.lora_path, self.lora_id = lora_path, lora_id
 
     @classmethod
-    def from_model(cls, model_path: str, tokenizer, *, dtype: str = "bfloat16",
-                   tensor_parallel_size: int = 1, max_lora_rank: int = 64,
-                   gpu_memory_utilization: float = 0.5, max_model_len: int | None = None):
+    def from_model(
+        cls,
+        model_path: str,
+        tokenizer,
+        *,
+        dtype: str = "bfloat16",
+        tensor_parallel_size: int = 1,
+        max_lora_rank: int = 64,
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int | None = None,
+    ):
         try:
             import vllm
         except ImportError as err:
-            raise RuntimeError("the vllm backend needs a GPU machine and pip install "
-                               "'sdlib[gpu]'; use backend 'transformers' on CPU") from err
-        engine = vllm.LLM(model=model_path, dtype=dtype, enable_lora=True,
-                          max_lora_rank=max_lora_rank, tensor_parallel_size=tensor_parallel_size,
-                          gpu_memory_utilization=gpu_memory_utilization,
-                          max_model_len=max_model_len, enable_prefix_caching=True)
+            raise RuntimeError(
+                "the vllm backend needs a GPU machine and pip install "
+                "'sdlib[gpu]'; use backend 'transformers' on CPU"
+            ) from err
+        engine = vllm.LLM(
+            model=model_path,
+            dtype=dtype,
+            enable_lora=True,
+            max_lora_rank=max_lora_rank,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,
+        )
         return cls(engine, tokenizer)
 
     def sampling_params(self, n: int, s: Sampling):
         from vllm import SamplingParams
 
-        return SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p,
-                              top_k=s.top_k or -1, max_tokens=s.max_new_tokens,
-                              seed=s.seed, logprobs=0)
+        return SamplingParams(
+            n=n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or -1,
+            max_tokens=s.max_new_tokens,
+            seed=s.seed,
+            logprobs=0,
+        )
 
     def lora_request(self):
         if self.lora_path is None:
@@ -219,11 +255,16 @@ class VLLMBackend:
 
     def generate(self, prompts: list[str], n: int = 1, sampling: Sampling = Sampling()) -> Rollouts:
         start = time.perf_counter()
-        requests = [{"prompt_token_ids": ids}
-                    for ids in (self.tokenizer(p, add_special_tokens=False)["input_ids"]
-                                for p in prompts)]
-        outputs = self.engine.generate(requests, self.sampling_params(n, sampling),
-                                       lora_request=self.lora_request(), use_tqdm=True)
+        requests = [
+            {"prompt_token_ids": ids}
+            for ids in (self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts)
+        ]
+        outputs = self.engine.generate(
+            requests,
+            self.sampling_params(n, sampling),
+            lora_request=self.lora_request(),
+            use_tqdm=True,
+        )
         return self.to_rollouts(outputs, time.perf_counter() - start)
 
     @staticmethod
@@ -236,8 +277,9 @@ class VLLMBackend:
                 out.prompt_index.append(i)
                 out.prompt_ids.append(list(request.prompt_token_ids))
                 out.token_ids.append(ids)
-                out.logprobs.append([step[t].logprob for step, t in zip(c.logprobs, ids,
-                                                                        strict=True)])
+                out.logprobs.append(
+                    [step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)]
+                )
                 out.text.append(c.text)
                 out.finish_reason.append("stop" if c.finish_reason == "stop" else "length")
         return out

@@ -58,15 +58,20 @@ def problems(count):
 
 def script(count, k):
     # problem i: first i % (k+1) samples right, then wrong, with doubt words in the wrong ones
-    return {f"Q{i}": [f"so \\boxed{{{i}}}" if j < i % (k + 1) else "wait, maybe \\boxed{-1}"
-                      for j in range(k)] for i in range(count)}
+    return {
+        f"Q{i}": [
+            f"so \\boxed{{{i}}}" if j < i % (k + 1) else "wait, maybe \\boxed{-1}" for j in range(k)
+        ]
+        for i in range(count)
+    }
 
 
 def test_table_figures_follow_their_formulas():
     k = 4
     backend = ScriptedBackend(script(6, k))
-    res = evaluate(backend, PlainTok(), {"set": problems(6)}, k=k, sampling=Sampling(8),
-                   progress=False)
+    res = evaluate(
+        backend, PlainTok(), {"set": problems(6)}, k=k, sampling=Sampling(8), progress=False
+    )
     row = res.table.loc["set"]
     correct = [i % (k + 1) for i in range(6)]
     assert row["avg@4"] == pytest.approx(sum(correct) / (6 * k))
@@ -82,20 +87,42 @@ def test_interrupted_evaluation_resumes_without_redoing_or_losing(tmp_path):
     k, answers = 2, script(10, 2)
     first = ScriptedBackend(answers, fail_on_call=3)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(first, PlainTok(), {"set": problems(10)}, k=k, sampling=Sampling(8),
-                 out_dir=tmp_path, problems_per_batch=3, progress=False)
+        evaluate(
+            first,
+            PlainTok(),
+            {"set": problems(10)},
+            k=k,
+            sampling=Sampling(8),
+            out_dir=tmp_path,
+            problems_per_batch=3,
+            progress=False,
+        )
     saved = [json.loads(x) for x in (tmp_path / SAMPLES_FILE).read_text().splitlines()]
     assert len(saved) == 2 * 3 * k  # the two finished batches, nothing else
 
     second = ScriptedBackend(answers)
-    res = evaluate(second, PlainTok(), {"set": problems(10)}, k=k, sampling=Sampling(8),
-                   out_dir=tmp_path, problems_per_batch=3, progress=False)
+    res = evaluate(
+        second,
+        PlainTok(),
+        {"set": problems(10)},
+        k=k,
+        sampling=Sampling(8),
+        out_dir=tmp_path,
+        problems_per_batch=3,
+        progress=False,
+    )
     asked = [p.split("\n")[0] for call in second.calls for p in call]
     assert asked == [f"Q{i}" for i in range(6, 10)]  # only the unfinished problems
     assert len(res.samples) == 10 * k
     assert sorted(res.samples.groupby("problem_id").size().tolist()) == [k] * 10
-    fresh = evaluate(ScriptedBackend(answers), PlainTok(), {"set": problems(10)}, k=k,
-                     sampling=Sampling(8), progress=False)
+    fresh = evaluate(
+        ScriptedBackend(answers),
+        PlainTok(),
+        {"set": problems(10)},
+        k=k,
+        sampling=Sampling(8),
+        progress=False,
+    )
     assert res.table.equals(fresh.table)
 
 

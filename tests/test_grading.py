@@ -1,7 +1,12 @@
 import json
+import multiprocessing
 import random
+import re
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
@@ -232,6 +237,57 @@ def test_fast_path_agrees_with_math_verify_on_reference_golds(shared_data, worke
     assert disagree == []
 
 
+# ------------------------------------------------------------------------- no eval, ever
+
+
+def test_parent_process_never_imports_sympy():
+    """The model text meets sympy only inside the worker process."""
+    code = (
+        "import sys; from sdlib.grading import grade, Grade; "
+        "assert grade('2\\\\sqrt{3}', '\\\\sqrt{12}') == Grade(True, 'symbolic'); "
+        "assert not {'sympy', 'math_verify'} & set(sys.modules), 'imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_latex_path_hands_only_number_literals_to_parse_expr(monkeypatch):
+    """``parse_expr`` (sympy's eval) is reached from the LaTeX path only via sympy.Number on
+    lexer-checked digits; a control with ExprExtractionConfig shows the probe would catch
+    model text (it records the string and refuses to evaluate it)."""
+    math_verify = pytest.importorskip("math_verify")
+    import latex2sympy2_extended.latex2sympy2 as l2s
+    import sympy.parsing.sympy_parser as sympy_parser
+    import sympy.physics.units  # noqa: F401 - imported lazily on the way, sympifying its own names
+
+    real, seen = sympy_parser.parse_expr, []
+
+    def probe(text, *args, **kwargs):
+        seen.append(text)
+        if not re.fullmatch(r"[0-9.]+", text):
+            raise ValueError("refused")
+        return real(text, *args, **kwargs)
+
+    for module in (sympy_parser, math_verify.parser, l2s):
+        monkeypatch.setattr(module, "parse_expr", probe)
+    check = grading._make_checker()
+    for text in [
+        *CODE,
+        "x^2+1",
+        "3 \\text{ cm}",
+        "1.5 \\text{ m}^2",
+        "\\frac{1}{2}",
+        "3.25",
+        "12345678901234567890",
+        "1.5\\%",
+    ]:
+        check(text, "5")
+    assert seen and all(re.fullmatch(r"[0-9.]+", t) for t in seen), seen
+    math_verify.parse("Answer: 2*(3+4)", [math_verify.ExprExtractionConfig()], parsing_timeout=None)
+    assert "2*(3+4)" in seen  # the default config's expression path evals model text
+    assert not SENTINEL.exists()
+
+
 # --------------------------------------------------------------------- threads and timeouts
 
 
@@ -247,6 +303,24 @@ def test_grading_from_threads(worker):
     for t in threads:
         t.join(timeout=60)
     assert results == {k: Grade(True, "symbolic") for k in range(2, 6)}
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_grading_inside_daemonic_pool_workers(start_method, worker):
+    """Pool workers are daemonic, and multiprocessing lets those have no children."""
+    with multiprocessing.get_context(start_method).Pool(1) as pool:
+        remote = pool.apply(grade, (f"{start_method}\\cdot 2", f"2 {start_method}"))
+    assert remote == Grade(True, "symbolic")
+
+
+def test_forked_child_leaves_the_parents_worker_alone(worker):
+    """A forked process inherits the worker handle; its timeout must kill its own worker."""
+    assert grade("7\\sqrt{2}", "\\sqrt{98}") == Grade(True, "symbolic")
+    pid = worker._proc.pid
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(grade, (*SLOW_PAIR, 0.3)) == Grade(False, "timeout")
+    assert worker._proc.pid == pid and worker._proc.poll() is None
+    assert grade("5\\sqrt{2}", "\\sqrt{50}") == Grade(True, "symbolic")
 
 
 def test_timeout_is_prompt_and_worker_recovers(worker):
@@ -310,8 +384,15 @@ def _fuzz_cases(rng: random.Random) -> dict[str, list[str]]:
             "long": long}  # fmt: skip
 
 
-def test_fuzz_hostile_strings(worker):
+def test_fuzz_hostile_strings(worker, monkeypatch):
     SENTINEL.unlink(missing_ok=True)
+    reasons = Counter()
+
+    def counted(pred, gold, timeout, check=worker.check):
+        reasons[reason := check(pred, gold, timeout)] += 1
+        return reason
+
+    monkeypatch.setattr(worker, "check", counted)
     rng = random.Random(1234)
     kinds = _fuzz_cases(rng)
     cases = [text for texts in kinds.values() for text in texts]
@@ -336,6 +417,7 @@ def test_fuzz_hostile_strings(worker):
             assert isinstance(call(text, gold, timeout), Grade)
             assert time.perf_counter() - start < timeout + 2.0
     assert not SENTINEL.exists()
+    assert sum(reasons.values()) >= 300 and reasons["timeout"] >= 1, reasons
     assert grade("3\\sqrt{3}", "\\sqrt{27}") == Grade(True, "symbolic")
 
 

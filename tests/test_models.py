@@ -64,10 +64,16 @@ def test_offline_hub_id_names_the_fix(monkeypatch, tmp_path):
         load_policy("nobody/no-such-model")
 
 
-@pytest.mark.parametrize("spec, err", [(3, TypeError), ("", TypeError),
-                                       ("tiny-random:two", ValueError),
-                                       ("bundled:gpt-17", ModelNotFoundError),
-                                       ("./not/here", ModelNotFoundError)])
+@pytest.mark.parametrize(
+    "spec, err",
+    [
+        (3, TypeError),
+        ("", TypeError),
+        ("tiny-random:two", ValueError),
+        ("bundled:gpt-17", ModelNotFoundError),
+        ("./not/here", ModelNotFoundError),
+    ],
+)
 def test_bad_specs_are_named(spec, err):
     with pytest.raises(err, match="spec|model"):
         load_policy(spec)

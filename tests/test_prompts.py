@@ -13,8 +13,14 @@ def test_templates_are_the_papers():
     assert student_prompt("What is 2+2?") == (
         "What is 2+2?\nPlease reason step by step, and put your final answer within \\boxed{}."
     )
-    assert teacher_prompt("P", "D") == "P\nCorrect solution:\n\nD\n\nCorrectly solve the original question."
-    assert hint_prompt("Q", "S") == "Q\n\nCorrect solution: S\n\nCorrectly solve the original question."
+    assert (
+        teacher_prompt("P", "D")
+        == "P\nCorrect solution:\n\nD\n\nCorrectly solve the original question."
+    )
+    assert (
+        hint_prompt("Q", "S")
+        == "Q\n\nCorrect solution: S\n\nCorrectly solve the original question."
+    )
 
 
 def test_few_shot_goes_before_the_question():

@@ -81,8 +81,9 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
     assert set(tok.tolist()) == {0, 1}
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1.0),
-                                 dict(top_p=0.0), dict(top_k=-2)])
+@pytest.mark.parametrize(
+    "bad", [dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-2)]
+)
 def test_sampling_rejects_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         Sampling(**bad)
@@ -105,9 +106,13 @@ class FakeEngine:
 
     def generate(self, requests, params, lora_request=None, use_tqdm=True):
         self.calls.append((requests, params, lora_request))
-        return [FakeRequest(r["prompt_token_ids"],
-                            [FakeCompletion([1, 2], "ab", "stop"), FakeCompletion([3], "c", "length")])
-                for r in requests]
+        return [
+            FakeRequest(
+                r["prompt_token_ids"],
+                [FakeCompletion([1, 2], "ab", "stop"), FakeCompletion([3], "c", "length")],
+            )
+            for r in requests
+        ]
 
 
 def test_vllm_result_conversion_with_a_fake_engine(tiny):

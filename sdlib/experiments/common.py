@@ -10,9 +10,8 @@ from sdlib import config as cfgmod
 from sdlib.evaluate import EvalResult, evaluate
 from sdlib.models import load_policy
 from sdlib.problems import load_problems
+from sdlib.prompts import THINKING, student_prompt
 from sdlib.rollout import Sampling, TransformersBackend
-
-THINKING = {"on": True, "off": False, "default": None}
 
 
 def load_benchmarks(specs: list[str], limit: int = 0) -> dict[str, list]:
@@ -36,8 +35,16 @@ def run_eval(cfg: cfgmod.EvalConfig) -> EvalResult:
     policy = load_policy(cfg.model, dtype=cfg.dtype, device=cfg.device, adapter=cfg.lora or None)
     backend = TransformersBackend(policy.model, policy.tokenizer, batch_size=cfg.batch_size)
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=cfg.seed)
-    result = evaluate(backend, policy.tokenizer, benchmarks, k=cfg.k, sampling=sampling,
-                      out_dir=out, thinking=THINKING[cfg.thinking])
+    result = evaluate(
+        backend,
+        policy.tokenizer,
+        benchmarks,
+        k=cfg.k,
+        sampling=sampling,
+        out_dir=out,
+        thinking=THINKING[cfg.thinking],
+        prompt_fn=lambda p: student_prompt(p.question, few_shot=cfg.few_shot),
+    )
     if out is not None:
         result.table.to_csv(out / "table.csv")
     print(format_table(result.table))

@@ -30,14 +30,22 @@ class Packed:
     target: torch.Tensor  # [B, T] next token
 
     def to(self, device) -> Packed:
-        return Packed(*(t.to(device) for t in (self.input_ids, self.attention_mask,
-                                               self.loss_mask, self.target)))
+        return Packed(
+            *(
+                t.to(device)
+                for t in (self.input_ids, self.attention_mask, self.loss_mask, self.target)
+            )
+        )
 
     def rows(self, idx) -> Packed:
         """The rows ``idx``, trimmed to their longest sequence (right padding)."""
         width = int(self.attention_mask[idx].sum(1).max())
-        return Packed(*(t[idx, :width] for t in (self.input_ids, self.attention_mask,
-                                                 self.loss_mask, self.target)))
+        return Packed(
+            *(
+                t[idx, :width]
+                for t in (self.input_ids, self.attention_mask, self.loss_mask, self.target)
+            )
+        )
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Packed:
@@ -64,8 +72,12 @@ def hidden_states(model, batch: Packed) -> torch.Tensor:
     """Final hidden states [B, T, H] of the decoder: the LM head is applied later, in chunks."""
     body = unwrap(model).get_decoder()
     position = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=position, use_cache=False).last_hidden_state
+    return body(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position,
+        use_cache=False,
+    ).last_hidden_state
 
 
 def head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -108,7 +120,8 @@ class RunDir:
             if changed - allowed:
                 raise cfgmod.ConfigError(
                     f"{self.path} holds a run with other parameters ({sorted(changed - allowed)}); "
-                    f"use a new out folder or the same parameters to resume")
+                    f"use a new out folder or the same parameters to resume"
+                )
         cfgmod.save(cfg, saved)
 
     def append(self, name: str, rows: list[dict]) -> None:
@@ -127,8 +140,10 @@ class RunDir:
         (self.path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def latest(self) -> Path | None:
-        found = sorted((self.path / CHECKPOINT_DIR).glob("step_*"),
-                       key=lambda p: int(p.name.removeprefix("step_")))
+        found = sorted(
+            (self.path / CHECKPOINT_DIR).glob("step_*"),
+            key=lambda p: int(p.name.removeprefix("step_")),
+        )
         done = [p for p in found if (p / "state.pt").exists()]
         return done[-1] if done else None
 
@@ -148,8 +163,11 @@ def save_checkpoint(run: RunDir, step: int, model, opt, sched, extra: dict) -> P
         "trainable": trainable_state(model),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
         **extra,
     }
     torch.save(state, folder / "state.pt.tmp")

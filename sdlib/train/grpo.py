@@ -45,15 +45,27 @@ class GRPO:
         old = sb.logp_old[rows, : mask.shape[1]].to(device)
         h, tokens = core.selected(model, batch)
         weight, bias = core.head(model)
-        st = student_head_stats(h, weight, tokens, k=1, bias=bias, chunk_size=cfg.loss_chunk,
-                                with_entropy=True)
+        st = student_head_stats(
+            h, weight, tokens, k=1, bias=bias, chunk_size=cfg.loss_chunk, with_entropy=True
+        )
         logp = scatter_tokens(st.token_logp, mask)
         entropy = scatter_tokens(st.entropy, mask)
         per_token, clip = clipped_surrogate(
-            logp, old, sb.extra["adv"][rows].to(device), mask, cfg.eps_low, cfg.eps_high,
-            cfg.dual_clip or None, entropy, cfg.entropy_coef)
-        stats = {"train/clip_frac": clip["clip_frac"], "train/ratio_mean": clip["ratio_mean"],
-                 "train/entropy": st.entropy.mean().detach()}
+            logp,
+            old,
+            sb.extra["adv"][rows].to(device),
+            mask,
+            cfg.eps_low,
+            cfg.eps_high,
+            cfg.dual_clip or None,
+            entropy,
+            cfg.entropy_coef,
+        )
+        stats = {
+            "train/clip_frac": clip["clip_frac"],
+            "train/ratio_mean": clip["ratio_mean"],
+            "train/entropy": st.entropy.mean().detach(),
+        }
         if cfg.kl_coef > 0:
             k3 = self._kl_initial(model, batch, st, weight, bias, tokens)
             per_token = per_token + cfg.kl_coef * scatter_tokens(k3, mask)
@@ -65,8 +77,9 @@ class GRPO:
         """k3 = exp(q - p) - (q - p) - 1, unbiased for KL(pi || pi_initial), always >= 0."""
         with torch.no_grad(), initial_policy(model):
             h_ref, _ = core.selected(model, batch)
-            ref = teacher_head_stats(h_ref, weight, tokens, st.topk_index, bias=bias,
-                                     chunk_size=self.cfg.loss_chunk).token_logp
+            ref = teacher_head_stats(
+                h_ref, weight, tokens, st.topk_index, bias=bias, chunk_size=self.cfg.loss_chunk
+            ).token_logp
         d = ref - st.token_logp
         return d.exp() - d - 1
 

@@ -37,8 +37,13 @@ METRICS = {
     "time/step": "seconds of the whole step",
 }
 GRPO_ONLY = {"train/clip_frac", "train/ratio_mean", "train/kl_initial", "train/zero_adv_frac"}
-SDPO_ONLY = {"train/divergence", "train/is_weight_mean", "train/is_clipped_frac",
-             "train/masked_frac", "time/teacher"}
+SDPO_ONLY = {
+    "train/divergence",
+    "train/is_weight_mean",
+    "train/is_clipped_frac",
+    "train/masked_frac",
+    "time/teacher",
+}
 
 
 def expected_keys(algo: str) -> set[str]:
@@ -47,8 +52,10 @@ def expected_keys(algo: str) -> set[str]:
 
 
 def rollout_metrics(sb) -> dict:
-    rows = [behavior_row(t, token_ids=ids) for t, ids in zip(sb.rollouts.text,
-                                                             sb.rollouts.token_ids, strict=True)]
+    rows = [
+        behavior_row(t, token_ids=ids)
+        for t, ids in zip(sb.rollouts.text, sb.rollouts.token_ids, strict=True)
+    ]
     solved = torch.zeros(len(sb.problems)).index_add_(0, sb.group, sb.rewards)
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
     return {

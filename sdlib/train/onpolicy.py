@@ -29,13 +29,10 @@ from sdlib.grading import grade_response
 from sdlib.losses import loss_normalizer
 from sdlib.models import LoraSpec, load_policy
 from sdlib.problems import Problem
-from sdlib.prompts import chat, student_prompt
+from sdlib.prompts import THINKING, chat, student_prompt
 from sdlib.rollout import Rollouts, Sampling, TransformersBackend
 from sdlib.train import core
 from sdlib.train.metrics import METRICS, expected_keys, rollout_metrics
-
-FEW_SHOT = "Example: What is 2 + 3?\n2 + 3 = 5. The answer is \\boxed{5}."
-THINKING = {"on": True, "off": False, "default": None}
 
 
 @dataclass
@@ -70,7 +67,7 @@ def step_problems(problems: list[Problem], step: int, size: int, seed: int) -> l
 
 
 def user_turn(problem: Problem, cfg: cfgmod.TrainConfig) -> str:
-    return student_prompt(problem.question, few_shot=FEW_SHOT if cfg.few_shot else "")
+    return student_prompt(problem.question, few_shot=cfg.few_shot)
 
 
 def rollout_phase(policy, backend, problems, cfg, step) -> StepBatch:
@@ -78,16 +75,29 @@ def rollout_phase(policy, backend, problems, cfg, step) -> StepBatch:
     tok = policy.tokenizer
     users = [user_turn(p, cfg) for p in problems]
     texts = [chat(tok, u, THINKING[cfg.thinking]) for u in users]
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                        seed=step_seed(cfg.seed, step))
+    sampling = Sampling(
+        cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=step_seed(cfg.seed, step)
+    )
     ro = backend.generate(texts, n=cfg.rollouts_per_prompt, sampling=sampling)
-    rewards = torch.tensor([float(grade_response(t, problems[i].answer).correct)
-                            for t, i in zip(ro.text, ro.prompt_index, strict=True)])
+    rewards = torch.tensor(
+        [
+            float(grade_response(t, problems[i].answer).correct)
+            for t, i in zip(ro.text, ro.prompt_index, strict=True)
+        ]
+    )
     student = core.pack(ro.prompt_ids, ro.token_ids, tok.pad_token_id)
     logp_old = torch.zeros(student.loss_mask.shape)
     logp_old[student.loss_mask] = torch.tensor([x for lp in ro.logprobs for x in lp])
-    return StepBatch(problems, users, ro, rewards, torch.tensor(ro.prompt_index), student,
-                     logp_old, active=torch.ones(len(ro), dtype=torch.bool))
+    return StepBatch(
+        problems,
+        users,
+        ro,
+        rewards,
+        torch.tensor(ro.prompt_index),
+        student,
+        logp_old,
+        active=torch.ones(len(ro), dtype=torch.bool),
+    )
 
 
 def update_phase(algo, model, sb: StepBatch, opt, sched, cfg) -> dict:
@@ -114,7 +124,8 @@ def update_phase(algo, model, sb: StepBatch, opt, sched, cfg) -> dict:
         params = [p for p in model.parameters() if p.requires_grad]
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         stats.setdefault("train/grad_norm", []).append(
-            float(torch.nn.utils.clip_grad_norm_(params, clip)))
+            float(torch.nn.utils.clip_grad_norm_(params, clip))
+        )
         stats.setdefault("train/lr", []).append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
@@ -126,25 +137,39 @@ def sample_rows(sb: StepBatch, step: int, tok) -> list[dict]:
     rows = []
     for i, text in enumerate(sb.rollouts.text):
         p = sb.problems[sb.rollouts.prompt_index[i]]
-        rows.append({"step": step, "problem_id": p.id, "answer": p.answer,
-                     "reward": float(sb.rewards[i]), "active": bool(sb.active[i]),
-                     **behavior_row(text, token_ids=sb.rollouts.token_ids[i]), "text": text})
+        rows.append(
+            {
+                "step": step,
+                "problem_id": p.id,
+                "answer": p.answer,
+                "reward": float(sb.rewards[i]),
+                "active": bool(sb.active[i]),
+                **behavior_row(text, token_ids=sb.rollouts.token_ids[i]),
+                "text": text,
+            }
+        )
     return rows
 
 
 def make_backend(cfg, policy):
     if cfg.backend == "vllm":
-        raise cfgmod.ConfigError("backend = 'vllm' for training needs the GPU runner "
-                                 "(weights synced each step); use 'transformers' here")
+        raise cfgmod.ConfigError(
+            "backend = 'vllm' for training needs the GPU runner "
+            "(weights synced each step); use 'transformers' here"
+        )
     return TransformersBackend(policy.model, policy.tokenizer, cfg.gen_batch, progress=False)
 
 
 def load_training_policy(cfg):
     torch.manual_seed(cfg.seed)  # LoRA A init
-    return load_policy(cfg.model, dtype=cfg.dtype, device=cfg.device,
-                       lora=LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
-                       load_in_4bit=cfg.load_in_4bit,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
+    return load_policy(
+        cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        lora=LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
+        load_in_4bit=cfg.load_in_4bit,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
 
 
 def train_on_policy(cfg: cfgmod.TrainConfig, problems: list[Problem], algo_cls) -> core.RunDir:
@@ -162,8 +187,9 @@ def train_on_policy(cfg: cfgmod.TrainConfig, problems: list[Problem], algo_cls) 
         for name in ("metrics.jsonl", "samples.jsonl"):
             run.truncate(name, start - 1)
     backend = make_backend(cfg, policy)
-    for step in tqdm(range(start, cfg.steps), desc=f"{cfg.algo} steps", initial=start,
-                     total=cfg.steps):
+    for step in tqdm(
+        range(start, cfg.steps), desc=f"{cfg.algo} steps", initial=start, total=cfg.steps
+    ):
         row = one_step(algo, policy, backend, problems, cfg, step, opt, sched, run)
         run.append("metrics.jsonl", [row])
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
@@ -181,7 +207,16 @@ def one_step(algo, policy, backend, problems, cfg, step, opt, sched, run) -> dic
     t2 = time.perf_counter()
     if cfg.sample_every and step % cfg.sample_every == 0:
         run.append("samples.jsonl", sample_rows(sb, step, policy.tokenizer))
-    row = {"step": step, **rollout_metrics(sb), **stats, **algo.step_stats(sb),
-           "time/rollout": t1 - t0, "time/update": t2 - t1, "time/step": time.perf_counter() - t0}
+    row = {
+        "step": step,
+        **rollout_metrics(sb),
+        **stats,
+        **algo.step_stats(sb),
+        "time/rollout": t1 - t0,
+        "time/update": t2 - t1,
+        "time/step": time.perf_counter() - t0,
+    }
     # a step where no sample entered the loss has no loss figures: say so with NaN
-    return {k: row.get(k, math.nan) for k in sorted(expected_keys(cfg.algo), key=list(METRICS).index)}
+    return {
+        k: row.get(k, math.nan) for k in sorted(expected_keys(cfg.algo), key=list(METRICS).index)
+    }

@@ -33,7 +33,7 @@ from sdlib.losses import (
     teacher_head_stats,
 )
 from sdlib.models import initial_policy
-from sdlib.prompts import chat, strip_thinking, teacher_prompt
+from sdlib.prompts import THINKING, chat, strip_thinking, teacher_prompt
 from sdlib.train import core
 
 
@@ -70,8 +70,9 @@ class SDPO:
     # phase 4 ------------------------------------------------------------------------
     def prepare(self, sb) -> None:
         cfg, ro = self.cfg, sb.rollouts
-        demos = choose_demonstrations(sb.rewards, sb.group, cfg.success_threshold,
-                                      cfg.dont_reprompt_on_self_success)
+        demos = choose_demonstrations(
+            sb.rewards, sb.group, cfg.success_threshold, cfg.dont_reprompt_on_self_success
+        )
         prompts, active = [], []
         for i, d in enumerate(demos):
             user = sb.users[ro.prompt_index[i]]
@@ -83,7 +84,7 @@ class SDPO:
             else:
                 turn = None
             active.append(turn is not None)
-            text = chat(self.tok, turn or user, _thinking(cfg))
+            text = chat(self.tok, turn or user, THINKING[cfg.thinking])
             prompts.append(self.tok(text, add_special_tokens=False)["input_ids"])
         sb.active = torch.tensor(active)
         sb.extra["teacher"] = core.pack(prompts, ro.token_ids, self.tok.pad_token_id)
@@ -101,22 +102,26 @@ class SDPO:
         h, tokens = core.selected(model, student)
         weight, bias = core.head(model)
         k = None if cfg.distill_loss == "full" or cfg.topk == 0 else cfg.topk
-        st = student_head_stats(h, weight, tokens, k, bias=bias, chunk_size=cfg.loss_chunk,
-                                with_entropy=True)
-        tt = self.teacher_stats(model, sb.extra["teacher"].rows(rows).to(device), st,
-                                weight, bias)
+        st = student_head_stats(
+            h, weight, tokens, k, bias=bias, chunk_size=cfg.loss_chunk, with_entropy=True
+        )
+        tt = self.teacher_stats(model, sb.extra["teacher"].rows(rows).to(device), st, weight, bias)
         name = "topk-renorm" if k is None else cfg.distill_loss
         divergence = DISTILLATION_LOSSES[name](st, tt, cfg.alpha)  # [N]
         old = select_tokens(sb.logp_old[rows, : mask.shape[1]].to(device), mask)
-        w = (importance_weight(st.token_logp, old, cfg.is_clip) if cfg.is_clip > 0
-             else torch.ones_like(divergence))
+        w = (
+            importance_weight(st.token_logp, old, cfg.is_clip)
+            if cfg.is_clip > 0
+            else torch.ones_like(divergence)
+        )
         loss = aggregate(scatter_tokens(w * divergence, mask), mask, cfg.loss_agg, norm)
         return loss, {
             "train/loss": loss.detach(),
             "train/divergence": divergence.mean().detach(),
             "train/entropy": st.entropy.mean().detach(),
             "train/is_weight_mean": w.mean(),
-            "train/is_clipped_frac": (w >= cfg.is_clip).float().mean() if cfg.is_clip > 0
+            "train/is_clipped_frac": (w >= cfg.is_clip).float().mean()
+            if cfg.is_clip > 0
             else torch.tensor(0.0),
         }
 
@@ -124,8 +129,9 @@ class SDPO:
         start = time.perf_counter()
         with torch.no_grad(), self.teacher_view(model):
             h, tokens = core.selected(model, batch)
-            out = teacher_head_stats(h, weight, tokens, st.topk_index, bias=bias,
-                                     chunk_size=self.cfg.loss_chunk)
+            out = teacher_head_stats(
+                h, weight, tokens, st.topk_index, bias=bias, chunk_size=self.cfg.loss_chunk
+            )
         self.teacher_seconds += time.perf_counter() - start
         return out
 
@@ -159,8 +165,11 @@ class SDPO:
         return {"train/masked_frac": self.masked_frac, "time/teacher": self.teacher_seconds}
 
     def state(self) -> dict:
-        return {"ema": None if self.ema is None else {n: p.detach().clone()
-                                                      for n, p in self.ema.items()}}
+        return {
+            "ema": None
+            if self.ema is None
+            else {n: p.detach().clone() for n, p in self.ema.items()}
+        }
 
     def load_state(self, state: dict) -> None:
         if self.ema is not None and state.get("ema") is not None:
@@ -183,7 +192,3 @@ def add_ema_adapter(model) -> dict[str, torch.nn.Parameter]:
             p.copy_(params[n.replace(f".{EMA}.", ".default.")])
             p.requires_grad_(False)
     return ema
-
-
-def _thinking(cfg):
-    return {"on": True, "off": False, "default": None}[cfg.thinking]

@@ -16,9 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from sdlib.losses import aggregate, loss_normalizer, scatter_tokens, student_head_stats
-from sdlib.prompts import chat
+from sdlib.prompts import THINKING, chat
 from sdlib.train import core
-from sdlib.train.onpolicy import THINKING, load_training_policy, step_problems
+from sdlib.train.onpolicy import load_training_policy, step_problems
 
 
 def read_pairs(paths: list[str]) -> list[dict]:
@@ -30,21 +30,28 @@ def read_pairs(paths: list[str]) -> list[dict]:
                 continue
             row = json.loads(line)
             if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
-                raise ValueError(f"{path}:{n}: an SFT row needs string 'prompt' and 'response', "
-                                 f"got keys {sorted(row)}")
+                raise ValueError(
+                    f"{path}:{n}: an SFT row needs string 'prompt' and 'response', "
+                    f"got keys {sorted(row)}"
+                )
             pairs.append(row)
     if not pairs:
-        raise ValueError(f"no SFT pairs in {paths}; write them with the context-richness "
-                         f"experiment (D_ug / D_sg) or as jsonl of prompt/response")
+        raise ValueError(
+            f"no SFT pairs in {paths}; write them with the context-richness "
+            f"experiment (D_ug / D_sg) or as jsonl of prompt/response"
+        )
     return pairs
 
 
 def encode_pairs(pairs: list[dict], tok, thinking) -> tuple[list, list]:
     prompts, responses = [], []
     for row in pairs:
-        prompts.append(tok(chat(tok, row["prompt"], thinking), add_special_tokens=False)["input_ids"])
-        responses.append(tok(row["response"], add_special_tokens=False)["input_ids"]
-                         + [tok.eos_token_id])
+        prompts.append(
+            tok(chat(tok, row["prompt"], thinking), add_special_tokens=False)["input_ids"]
+        )
+        responses.append(
+            tok(row["response"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        )
     return prompts, responses
 
 
@@ -58,8 +65,9 @@ def sft_step(model, batch: core.Packed, cfg, opt, sched) -> dict:
         h, tokens = core.selected(model, micro)
         weight, bias = core.head(model)
         st = student_head_stats(h, weight, tokens, k=1, bias=bias, chunk_size=cfg.loss_chunk)
-        loss = aggregate(scatter_tokens(-st.token_logp, micro.loss_mask), micro.loss_mask,
-                         cfg.loss_agg, norm)
+        loss = aggregate(
+            scatter_tokens(-st.token_logp, micro.loss_mask), micro.loss_mask, cfg.loss_agg, norm
+        )
         loss.backward()
         total += float(loss)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -89,10 +97,15 @@ def train_sft(cfg) -> core.RunDir:
     for step in tqdm(range(start, steps), desc="sft steps", initial=start, total=steps):
         t0 = time.perf_counter()
         pick = step_problems(index, step, cfg.prompts_per_step, cfg.seed)
-        batch = core.pack([prompts[i] for i in pick], [responses[i] for i in pick],
-                          tok.pad_token_id)
-        row = {"step": step, **sft_step(model, batch, cfg, opt, sched),
-               "train/tokens": int(batch.loss_mask.sum()), "time/step": time.perf_counter() - t0}
+        batch = core.pack(
+            [prompts[i] for i in pick], [responses[i] for i in pick], tok.pad_token_id
+        )
+        row = {
+            "step": step,
+            **sft_step(model, batch, cfg, opt, sched),
+            "train/tokens": int(batch.loss_mask.sum()),
+            "time/step": time.perf_counter() - t0,
+        }
         run.append("metrics.jsonl", [row])
         if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
             core.save_checkpoint(run, step + 1, model, opt, sched, {})

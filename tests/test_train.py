@@ -1,0 +1,278 @@
+"""Trainers on the smoke model: losses against the reference formula, masking, teachers,
+micro-batching, metrics and exact resumption."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from sdlib.config import TrainConfig, from_dict
+from sdlib.grading import Grade
+from sdlib.losses import loss_normalizer
+from sdlib.models import initial_policy
+from sdlib.prompts import chat
+from sdlib.train import core, onpolicy
+from sdlib.train.grpo import GRPO
+from sdlib.train.metrics import expected_keys
+from sdlib.train.sdpo import SDPO, choose_demonstrations
+
+SMOKE = dict(
+    model="tiny-random:2x64",
+    data=["synthetic:addition:1:16"],
+    steps=2,
+    prompts_per_step=2,
+    rollouts_per_prompt=4,
+    prompts_per_update=2,
+    micro_batch=8,
+    max_new_tokens=8,
+    save_every=1,
+    lr=1e-2,
+    topk=5,
+    lora_r=4,
+)
+
+
+def cfg_for(tmp_path, **kw):
+    return from_dict(TrainConfig, {**SMOKE, "out": str(tmp_path / "run"), **kw})
+
+
+def parity_grader(text, gold):
+    """A reward the random model earns about half the time, deterministic in the text."""
+    return Grade(len(text) % 2 == 0, "exact")
+
+
+def step_batch(cfg, rewards):
+    """One rollout of the smoke model with the given rewards (hand-built grading)."""
+    policy = onpolicy.load_training_policy(cfg)
+    backend = onpolicy.make_backend(cfg, policy)
+    from sdlib.experiments.common import load_benchmarks
+
+    problems = list(load_benchmarks(cfg.data).values())[0][: cfg.prompts_per_step]
+    sb = onpolicy.rollout_phase(policy, backend, problems, cfg, step=0)
+    sb.rewards = torch.tensor(rewards, dtype=torch.float)
+    return policy, sb
+
+
+def perturb_adapter(model, scale=3.0):
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def test_choose_demonstrations_first_other_success():
+    rewards = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert choose_demonstrations(rewards, group, 0.5, True) == [1, 2, 1, 1, 6, 6, None, 6]
+    assert choose_demonstrations(rewards, group, 0.5, False) == [1, 1, 1, 1, 6, 6, 6, 6]
+
+
+def reference_sdpo_loss(model, tok, sb, cfg, alpha, k, is_clip):
+    """Float64 brute force: full logits, explicit top-k + tail buckets, the JSD formula."""
+    total, count = 0.0, 0
+    demos = choose_demonstrations(sb.rewards, sb.group, 0.5, True)
+    for i, d in enumerate(demos):
+        if d is None:
+            continue
+        user = sb.users[sb.rollouts.prompt_index[i]]
+        t_text = chat(
+            tok,
+            f"{user}\nCorrect solution:\n\n{sb.rollouts.text[d]}\n\n"
+            "Correctly solve the original question.",
+        )
+        t_ids = tok(t_text, add_special_tokens=False)["input_ids"]
+        s_ids, resp = sb.rollouts.prompt_ids[i], sb.rollouts.token_ids[i]
+        with torch.no_grad():
+            s = model(torch.tensor([s_ids + resp])).logits[0].double().log_softmax(-1)
+            with initial_policy(model):
+                t = model(torch.tensor([t_ids + resp])).logits[0].double().log_softmax(-1)
+        s = s[len(s_ids) - 1 : len(s_ids) - 1 + len(resp)]
+        t = t[len(t_ids) - 1 : len(t_ids) - 1 + len(resp)]
+        for pos, token in enumerate(resp):
+            idx = s[pos].topk(k).indices
+            ps = s[pos].exp()[idx].tolist()
+            pt = t[pos].exp()[idx].tolist()
+            ps.append(1 - sum(ps))
+            pt.append(1 - sum(pt))
+            m = [(1 - alpha) * a + alpha * b for a, b in zip(ps, pt, strict=True)]
+            jsd = alpha * sum(b * math.log(b / c) for b, c in zip(pt, m, strict=True)) + (
+                1 - alpha
+            ) * sum(a * math.log(a / c) for a, c in zip(ps, m, strict=True))
+            ratio = math.exp(s[pos, token].item() - sb.rollouts.logprobs[i][pos])
+            total += min(ratio, is_clip) * jsd
+            count += 1
+    return total / count
+
+
+def test_sdpo_step_loss_equals_reference_formula(tmp_path):
+    cfg = cfg_for(tmp_path, algo="sdpo", alpha=0.5, is_clip=2.0, dtype="fp64")
+    policy, sb = step_batch(cfg, [0, 1, 1, 0, 0, 0, 1, 0])
+    perturb_adapter(policy.model)  # so student and initial teacher differ beyond context
+    algo = SDPO(cfg, policy)
+    algo.prepare(sb)
+    assert sb.active.tolist() == [True, True, True, True, True, True, False, True]
+    rows = sb.active.nonzero().squeeze(1)
+    norm = loss_normalizer(sb.student.loss_mask[sb.active], "token-mean")
+    loss, _ = algo.micro_loss(policy.model, sb, rows, norm)
+    ref = reference_sdpo_loss(policy.model, policy.tokenizer, sb, cfg, 0.5, 5, 2.0)
+    assert float(loss) == pytest.approx(ref, rel=1e-9)
+
+
+def grads(model):
+    return {
+        n: p.grad.clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
+
+
+def run_update(cfg, policy, sb, algo_cls):
+    algo = algo_cls(cfg, policy)
+    algo.prepare(sb)
+    opt, sched = core.make_optimizer(policy.model, cfg)
+    opt.step = lambda: None  # keep the weights: compare gradients only
+    onpolicy.update_phase(algo, policy.model, sb, opt, sched, cfg)
+    return grads(policy.model), sb
+
+
+@pytest.mark.parametrize("algo_cls, name", [(SDPO, "sdpo"), (GRPO, "grpo")])
+def test_micro_batching_gives_the_same_gradient(tmp_path, algo_cls, name):
+    rewards = [0, 1, 1, 0, 1, 0, 0, 0]
+    full = cfg_for(tmp_path, algo=name, micro_batch=8, grad_clip=0.0)
+    micro = cfg_for(tmp_path, algo=name, micro_batch=1, grad_clip=0.0)
+    policy, sb = step_batch(full, rewards)
+    perturb_adapter(policy.model)
+    g_full, _ = run_update(full, policy, sb, algo_cls)
+    policy.model.zero_grad(set_to_none=True)
+    g_micro, _ = run_update(micro, policy, sb, algo_cls)
+    assert g_full.keys() == g_micro.keys() and g_full
+    for n in g_full:
+        assert torch.allclose(g_full[n], g_micro[n], rtol=1e-4, atol=1e-7), n
+
+
+def test_masked_samples_contribute_nothing(tmp_path):
+    cfg = cfg_for(tmp_path, algo="sdpo", grad_clip=0.0)
+    # sample 6 is the only success of group 1: it has no *other* successful sibling
+    policy, sb = step_batch(cfg, [0, 1, 1, 0, 0, 0, 1, 0])
+    perturb_adapter(policy.model)
+    g_all, sb = run_update(cfg, policy, sb, SDPO)
+    assert not bool(sb.active[6])
+    # changing the masked sample's response changes nothing
+    policy.model.zero_grad(set_to_none=True)
+    sb.rollouts.token_ids[6] = sb.rollouts.token_ids[6][:2]
+    sb.student = core.pack(sb.rollouts.prompt_ids, sb.rollouts.token_ids, 2)
+    g_again, _ = run_update(cfg, policy, sb, SDPO)
+    for n in g_all:
+        assert torch.allclose(g_all[n], g_again[n], atol=1e-8)
+
+
+def test_initial_teacher_is_the_untrained_model(tmp_path):
+    cfg = cfg_for(tmp_path, algo="sdpo")
+    policy, _ = step_batch(cfg, [0] * 8)
+    ids = torch.tensor([[1, 400, 500, 600, 700]])
+    with torch.no_grad():
+        before = policy.model(ids).logits
+        perturb_adapter(policy.model)
+        assert not torch.allclose(policy.model(ids).logits, before, atol=1e-4)
+        with initial_policy(policy.model):
+            assert torch.allclose(policy.model(ids).logits, before, atol=1e-6)
+
+
+def test_ema_teacher_tracks_the_policy_at_its_rate(tmp_path):
+    cfg = cfg_for(tmp_path, algo="sdpo", teacher="ema", ema_rate=0.25)
+    policy, _ = step_batch(cfg, [0] * 8)
+    algo = SDPO(cfg, policy)
+    params = dict(policy.model.named_parameters())
+    name = next(n for n in algo.ema if "lora_A" in n)
+    start = algo.ema[name].detach().clone()
+    live = params[name.replace(".ema.", ".default.")]
+    with torch.no_grad():
+        live.add_(1.0)
+    algo.after_update(policy.model)
+    assert torch.allclose(algo.ema[name], 0.75 * start + 0.25 * live.detach())
+    assert not any(p.requires_grad for p in algo.ema.values())
+
+
+def test_grpo_advantages_and_clipping_on_a_hand_built_group(tmp_path):
+    cfg = cfg_for(tmp_path, algo="grpo", eps_low=0.2, eps_high=0.28)
+    policy, sb = step_batch(cfg, [1, 0, 0, 0, 1, 1, 1, 1])
+    algo = GRPO(cfg, policy)
+    algo.prepare(sb)
+    assert sb.extra["adv"].tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0])
+    assert sb.active.tolist() == [True] * 4 + [False] * 4  # zero advantage: no forward
+    # pretend the rollout policy gave sample 0 a much lower probability: ratio > 1 + eps_high
+    sb.logp_old[0] = sb.logp_old[0] - 1.0
+    rows = torch.arange(4)
+    norm = loss_normalizer(sb.student.loss_mask, "token-mean")
+    loss, stats = algo.micro_loss(policy.model, sb, rows, norm)
+    n0 = int(sb.student.loss_mask[0].sum())
+    n_all = int(sb.student.loss_mask[:4].sum())
+    assert float(stats["train/clip_frac"]) == pytest.approx(n0 / n_all, abs=1e-6)
+    # clipped tokens of sample 0 contribute -A (1 + eps_high); the rest -A * ratio(~1)
+    expected = (-0.75 * 1.28 * n0 + 0.25 * (n_all - n0)) / int(sb.student.loss_mask.sum())
+    assert float(loss) == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("algo", ["sdpo", "grpo"])
+def test_metrics_rows_carry_exactly_the_documented_keys(tmp_path, monkeypatch, algo):
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+    cfg = cfg_for(tmp_path, algo=algo, steps=1)
+    from sdlib.train import train
+
+    run = train(cfg)
+    rows = run.read("metrics.jsonl")
+    assert len(rows) == 1 and set(rows[0]) == expected_keys(algo)
+    assert all(isinstance(v, int | float) for v in rows[0].values())
+    assert (run.path / "checkpoints" / "step_1" / "adapter").is_dir()
+
+
+@pytest.mark.parametrize("algo", ["sdpo", "grpo"])
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, algo):
+    from sdlib.train import train
+
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+    whole = cfg_for(tmp_path / "a", algo=algo, steps=3)
+    train(whole)
+
+    part = cfg_for(tmp_path / "b", algo=algo, steps=3)
+    calls = {"n": 0}
+    real_step = onpolicy.one_step
+
+    def dying_step(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed during step 2")
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(onpolicy, "one_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(part)
+    monkeypatch.setattr(onpolicy, "one_step", real_step)
+    train(part)  # resumes from checkpoint step_2
+
+    drop = {"time/rollout", "time/update", "time/step", "time/teacher"}
+    def read(p):
+        lines = (p / "run" / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
+
+    a, b = read(tmp_path / "a"), read(tmp_path / "b")
+    assert [r["step"] for r in b] == [0, 1, 2]
+    assert json.dumps(a) == json.dumps(b)
+    sa = torch.load(tmp_path / "a/run/checkpoints/step_3/state.pt", weights_only=False)
+    sb = torch.load(tmp_path / "b/run/checkpoints/step_3/state.pt", weights_only=False)
+    for n in sa["trainable"]:
+        assert torch.equal(sa["trainable"][n], sb["trainable"][n]), n
+
+
+def test_resume_refuses_other_parameters(tmp_path, monkeypatch):
+    from sdlib.config import ConfigError
+    from sdlib.train import train
+
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+    train(cfg_for(tmp_path, algo="grpo", steps=1))
+    with pytest.raises(ConfigError, match="lr"):
+        train(cfg_for(tmp_path, algo="grpo", steps=2, lr=0.5))
+    shutil.rmtree(tmp_path / "run")
