@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16_384])
     parser.add_argument("--chunk", type=int, default=1024, help="tokens per chunk")
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3 if cuda else 1)
+    parser.add_argument("--repeats", type=int, default=5 if cuda else 1)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "mode,V,T" (child)
     return parser.parse_args(argv)
 

@@ -10,7 +10,7 @@ import typing
 from sdlib import config as cfgmod
 
 
-def add_schema_args(parser: argparse.ArgumentParser, cls) -> None:
+def add_schema_args(parser: argparse.ArgumentParser, cls, skip: set[str] = frozenset()) -> None:
     """One ``--flag`` per field of ``cls``, documented by the field's own help text."""
     parser.add_argument("--config", help="YAML file of parameters (a preset)")
     parser.add_argument(
@@ -22,6 +22,8 @@ def add_schema_args(parser: argparse.ArgumentParser, cls) -> None:
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         tp, flag = hints[f.name], "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         text = f"{f.metadata.get('help', '')} (default: {default})"
@@ -50,9 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_schema_args(
         sub.add_parser("eval", help="evaluate a policy on problem sets"), cfgmod.EvalConfig
     )
-    demo = sub.add_parser("demo", help="the main job: evaluate the bundled model")
-    demo.add_argument("--preset", default="tiny", help="smoke or tiny (default: tiny)")
-    demo.add_argument("--out", default="", help="output folder (default: runs/<preset>/demo)")
+    train = sub.add_parser("train", help="train a LoRA policy: sft, grpo or sdpo")
+    train.add_argument("algo", choices=["sft", "grpo", "sdpo"])
+    add_schema_args(train, cfgmod.TrainConfig, skip={"algo"})
+    run = sub.add_parser("run", help="execute experiment notebooks through papermill")
+    run.add_argument(
+        "notebooks",
+        nargs="*",
+        default=["all"],
+        help="notebook names or unique prefixes (01 ... 05), or all (default)",
+    )
+    run.add_argument("--preset", default="tiny", help="params/<preset>/: smoke, tiny or paper")
+    run.add_argument(
+        "--out",
+        default="",
+        help="run folder (default: runs/<preset>/<time>); a rerun on the same folder resumes",
+    )
+    run.add_argument(
+        "-p",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="override a parameter of every notebook that has it (YAML value)",
+    )
     return parser
 
 
@@ -63,13 +86,26 @@ def main(argv: list[str] | None = None) -> int:
             from sdlib.experiments.common import run_eval
 
             run_eval(schema_from_args(cfgmod.EvalConfig, args))
-        elif args.command == "demo":
-            from sdlib.experiments.common import run_demo
+        elif args.command == "train":
+            from sdlib.train import train
 
-            run_demo(args.preset, args.out)
+            args.set.append(f"algo={args.algo}")
+            run = train(schema_from_args(cfgmod.TrainConfig, args))
+            print(f"run folder: {run.path}")
+        elif args.command == "run":
+            import yaml
+
+            from sdlib.runner import run
+
+            overrides = {k: yaml.safe_load(v) for k, v in args.p}
+            run(args.notebooks, args.preset, args.out, overrides)
     except cfgmod.ConfigError as err:
         print(f"sdlib: {err}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        # model not found, data unavailable, a notebook failed: the message says the fix
+        print(f"sdlib: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

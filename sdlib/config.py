@@ -60,6 +60,13 @@ class EvalConfig:
     few_shot: bool = doc("prefix a one-line worked example to show the \\boxed{} format", False)
     out: str = doc("output folder (resumes when it holds samples.jsonl); empty = none", "")
 
+    def validate(self) -> None:
+        if self.thinking not in ("on", "off", "default"):
+            raise ConfigError(f"thinking = {self.thinking!r}; expected on, off or default")
+        for name in ("k", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")
+
 
 def fields_help(cls) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
@@ -142,7 +149,7 @@ class TrainConfig:
 
     Batch sizes count prompts, as in the reference runs: each step samples
     ``prompts_per_step`` problems, ``rollouts_per_prompt`` responses each, and makes
-    ``prompts_per_step / prompts_per_update`` optimizer updates.
+    ``prompts_per_step / prompts_per_update`` optimizer updates (one when it is 0).
     """
 
     algo: str = doc("grpo, sdpo or sft", "sdpo")
@@ -156,7 +163,7 @@ class TrainConfig:
     steps: int = doc("on-policy steps (sft: optimizer steps)", 10)
     prompts_per_step: int = doc("problems sampled per step", 8)
     rollouts_per_prompt: int = doc("responses sampled per problem (the group)", 8)
-    prompts_per_update: int = doc("problems per optimizer update (mini-batch)", 8)
+    prompts_per_update: int = doc("problems per optimizer update (mini-batch); 0 = all", 0)
     micro_batch: int = doc("sequences per forward/backward (gradient accumulation)", 8)
     lr: float = doc("AdamW learning rate (paper: GRPO 1e-6, SDPO 1e-5 on full weights)", 1e-4)
     weight_decay: float = doc("AdamW weight decay", 0.01)
@@ -221,7 +228,6 @@ class TrainConfig:
             "steps",
             "prompts_per_step",
             "rollouts_per_prompt",
-            "prompts_per_update",
             "micro_batch",
             "lora_r",
             "gen_batch",
@@ -231,7 +237,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")
-        if self.prompts_per_step % self.prompts_per_update:
+        if self.prompts_per_update < 0 or (
+            self.prompts_per_update and self.prompts_per_step % self.prompts_per_update
+        ):
             raise ConfigError(
                 f"prompts_per_step = {self.prompts_per_step} is not a multiple of "
                 f"prompts_per_update = {self.prompts_per_update}"
@@ -240,3 +248,122 @@ class TrainConfig:
             raise ConfigError(f"alpha = {self.alpha!r}; expected a number in [0, 1]")
         if not 0 <= self.ema_rate <= 1:
             raise ConfigError(f"ema_rate = {self.ema_rate!r}; expected a number in [0, 1]")
+
+
+@dataclass
+class ExperimentConfig:
+    """What every experiment notebook shares: the policy, the run folder, evaluation."""
+
+    model: str = doc(
+        "policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id", DEFAULT_MODEL
+    )
+    dtype: str = doc("weights and compute precision: fp32 or bf16", "fp32")
+    device: str = doc("torch device", "cpu")
+    seed: int = doc("seed of problem choice, sampling and LoRA init", 0)
+    out: str = doc("run folder shared by the five notebooks; reruns resume", "runs/tiny/lab")
+    preset: str = doc("preset name, shown in figure titles", "tiny")
+    few_shot: bool = doc("prefix a one-line worked example (tiny scale: teaches \\boxed{})", True)
+    thinking: str = doc("chat template thinking switch: on, off or default", "default")
+    gen_batch: int = doc("sequences decoded together", 32)
+    max_new_tokens: int = doc("most tokens per response", 128)
+    eval_data: list[str] = doc(
+        "out-of-distribution evaluation sets", ["synthetic:multiplication:2:16"]
+    )
+    eval_limit: int = doc("problems per evaluation set; 0 = all", 0)
+    eval_k: int = doc("samples per evaluation problem (avg@k)", 4)
+    eval_temperature: float = doc("evaluation temperature (paper: 0.6)", 0.6)
+    eval_top_p: float = doc("evaluation nucleus mass (paper: 0.95)", 0.95)
+
+    def validate(self) -> None:
+        if self.thinking not in ("on", "off", "default"):
+            raise ConfigError(f"thinking = {self.thinking!r}; expected on, off or default")
+        for name in ("gen_batch", "max_new_tokens", "eval_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")
+        for name in ("train", "grpo", "sdpo"):
+            if hasattr(self, name):
+                check_train_overrides(name, getattr(self, name))
+
+
+def check_train_overrides(name: str, values: dict) -> None:
+    """A ``train``/``grpo``/``sdpo`` mapping must hold valid TrainConfig parameters."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name} = {values!r}; expected a mapping of TrainConfig parameters")
+    try:
+        from_dict(TrainConfig, values)
+    except ConfigError as err:
+        raise ConfigError(f"in {name}: {err}") from None
+
+
+@dataclass
+class ContextConfig(ExperimentConfig):
+    """Notebook 01: how rich context changes score, length and epistemic words (Sec. 3)."""
+
+    data: list[str] = doc("candidate problems", ["synthetic:addition:2:48"])
+    pool_limit: int = doc("candidates screened for the 1-4 of 8 band; 0 = all", 0)
+    select_k: int = doc("unguided samples per candidate used to select it", 8)
+    band: list[int] = doc("keep problems solved [low, high] times of select_k (paper 1-4)", [1, 4])
+    max_problems: int = doc("most problems kept (paper: 100)", 16)
+    samples: int = doc("samples per problem and condition (paper: 8)", 8)
+    temperature: float = doc("sampling temperature of the conditions", 0.6)
+    top_p: float = doc("nucleus mass of the conditions", 0.95)
+    sft_correct_only: bool = doc(
+        "D_ug/D_sg keep correct responses only (paper); false keeps "
+        "all (the smoke model is never right)",
+        True,
+    )
+
+
+@dataclass
+class SFTExperimentConfig(ExperimentConfig):
+    """Notebook 02: SFT on unguided (D_ug) vs solution-guided (D_sg) responses (Sec. 4)."""
+
+    train: dict = doc("TrainConfig parameters of both SFT runs", {"steps": 8, "lr": 2e-4})
+
+
+@dataclass
+class OnPolicyConfig(ExperimentConfig):
+    """Notebook 03: SDPO vs GRPO on the same problems (Sec. 5)."""
+
+    data: list[str] = doc("training problems", ["synthetic:addition:2:64"])
+    train: dict = doc("TrainConfig parameters shared by every run", {"steps": 6})
+    grpo: dict = doc("TrainConfig parameters of the GRPO run only", {})
+    sdpo: dict = doc("TrainConfig parameters of the SDPO runs only", {})
+    strip_variant: bool = doc("also run SDPO with demonstrations stripped of thinking", True)
+
+
+@dataclass
+class TeacherConfig(ExperimentConfig):
+    """Notebook 04: SDPO with a fixed (initial) vs moving (EMA) teacher (Sec. 5.4)."""
+
+    data: list[str] = doc("training problems", ["synthetic:addition:2:64"])
+    train: dict = doc("TrainConfig parameters shared by every run", {"steps": 6})
+    sdpo: dict = doc("TrainConfig parameters of the SDPO runs", {})
+    ema_rates: list[float] = doc("EMA teacher update rates to compare with the fixed one", [0.05])
+
+
+@dataclass
+class CoverageConfig(ExperimentConfig):
+    """Notebook 05: task coverage |D|: in-domain score vs OOD accuracy (Sec. 6)."""
+
+    data: list[str] = doc("the pool the nested subsets are drawn from", ["synthetic:addition:2:64"])
+    sizes: list[int] = doc("numbers of distinct training problems |D| (nested subsets)", [1, 8, 64])
+    algos: list[str] = doc("algorithms to compare", ["sdpo", "grpo"])
+    train: dict = doc("TrainConfig parameters shared by every run", {"steps": 4})
+    grpo: dict = doc("TrainConfig parameters of the GRPO runs only", {})
+    sdpo: dict = doc("TrainConfig parameters of the SDPO runs only", {})
+
+
+EXPERIMENTS = {
+    "01_context_richness": ContextConfig,
+    "02_sft_guided_vs_unguided": SFTExperimentConfig,
+    "03_sdpo_vs_grpo": OnPolicyConfig,
+    "04_fixed_vs_moving_teacher": TeacherConfig,
+    "05_task_coverage": CoverageConfig,
+}
+
+
+def from_namespace(cls, namespace: dict):
+    """The schema's fields picked by name out of a notebook's globals (its parameters cell)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return from_dict(cls, {k: v for k, v in namespace.items() if k in names})

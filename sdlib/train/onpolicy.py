@@ -110,8 +110,9 @@ def update_phase(algo, model, sb: StepBatch, opt, sched, cfg) -> dict:
     stats: dict[str, list[float]] = {}
     model.train()
     groups = range(len(sb.problems))
-    for lo in range(0, len(sb.problems), cfg.prompts_per_update):
-        in_update = torch.isin(sb.group, torch.tensor(groups[lo : lo + cfg.prompts_per_update]))
+    size = cfg.prompts_per_update or len(sb.problems)
+    for lo in range(0, len(sb.problems), size):
+        in_update = torch.isin(sb.group, torch.tensor(groups[lo : lo + size]))
         counted = sb.student.loss_mask[in_update & algo.counted(sb)]
         norm = loss_normalizer(counted, cfg.loss_agg) if counted.numel() else torch.tensor(0.0)
         rows = (in_update & sb.active).nonzero().squeeze(1)

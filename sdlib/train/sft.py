@@ -69,7 +69,7 @@ def sft_step(model, batch: core.Packed, cfg, opt, sched) -> dict:
             scatter_tokens(-st.token_logp, micro.loss_mask), micro.loss_mask, cfg.loss_agg, norm
         )
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
     lr = sched.get_last_lr()[0]
