@@ -35,7 +35,7 @@ demo: setup
 	$(BIN)/sdlib demo --preset $(PRESET)
 
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab --allow-root notebooks
 
 bench: setup
 	$(BIN)/python bench/loss_memory.py

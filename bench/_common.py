@@ -9,6 +9,8 @@ measurements then read 0 growth unless they exceed an earlier peak. On CUDA it i
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 import time
 from collections.abc import Sequence
@@ -33,7 +35,23 @@ def clock(device: str) -> float:
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU, {torch.get_num_threads()} torch threads"
+    wait = os.environ.get("OMP_WAIT_POLICY", "unset")
+    return f"CPU, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY {wait}"
+
+
+def add_threads_option(parser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's). On a shared machine OpenMP threads that "
+        "spin-wait for a busy core can run 10x slower: use 1, or OMP_WAIT_POLICY=PASSIVE",
+    )
+
+
+def apply_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _status_kib(field: str) -> int | None:
@@ -52,10 +70,8 @@ def reset_peak(device: str) -> int:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
-    try:
+    with contextlib.suppress(OSError):  # not allowed: ru_maxrss stands in (docstring)
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
     return (_status_kib("VmRSS") or 0) * 1024
 
 

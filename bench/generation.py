@@ -22,7 +22,16 @@ import argparse
 import math
 
 import torch
-from _common import MIB, clock, device_name, markdown_table, peak_bytes, reset_peak
+from _common import (
+    MIB,
+    add_threads_option,
+    apply_threads,
+    clock,
+    device_name,
+    markdown_table,
+    peak_bytes,
+    reset_peak,
+)
 
 from sdlib import synthetic
 from sdlib.models import DEFAULT_MODEL, LoraSpec, load_policy
@@ -46,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lora", action="store_true", help="attach a fresh LoRA (as in training)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny configuration, smoke check")
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.dtypes, args.batches, args.max_new_tokens = args.dtypes[:1], [1, 4], 8
@@ -115,11 +125,10 @@ def accumulate(total: dict, result: dict) -> None:
 def table_rows(totals: dict, args) -> list[list[str]]:
     rows = []
     for dtype in args.dtypes:
-        base = totals[dtype, PLAIN]
-        base_rate = base["tokens"] / base["seconds"]
+        base_rate = _rate(totals[dtype, PLAIN])
         for batch in [PLAIN, *args.batches]:
             t = totals[dtype, batch]
-            rate = t["tokens"] / t["seconds"]
+            rate = _rate(t)
             label = "plain generate (1)" if batch == PLAIN else str(batch)
             rows.append(
                 [
@@ -139,8 +148,11 @@ def table_rows(totals: dict, args) -> list[list[str]]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    apply_threads(args.threads)
     lora = LoraSpec() if args.lora else None
-    policies = {d: load_policy(args.model, dtype=d, device=args.device, lora=lora) for d in args.dtypes}
+    policies = {
+        d: load_policy(args.model, dtype=d, device=args.device, lora=lora) for d in args.dtypes
+    }
     prompts = chat_prompts(policies[args.dtypes[0]].tokenizer, args.prompts, args.seed)
     for dtype in args.dtypes:
         warm_up(policies[dtype], prompts, args)
@@ -157,9 +169,7 @@ def main(argv=None) -> None:
     columns += ["vs plain", "peak MiB"]
     print("\n" + markdown_table(columns, table_rows(totals, args)))
     if 32 in args.batches:
-        ratios = [
-            f"{d} {_rate(totals[d, 32]) / _rate(totals[d, PLAIN]):.2f}x" for d in args.dtypes
-        ]
+        ratios = [f"{d} {_rate(totals[d, 32]) / _rate(totals[d, PLAIN]):.2f}x" for d in args.dtypes]
         print(f"\nbatch 32 vs plain unbatched: {', '.join(ratios)} (issue target: >= 4x)")
 
 

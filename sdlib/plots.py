@@ -8,6 +8,7 @@ matplotlib.use("Agg")  # files, not windows: papermill and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -51,6 +52,7 @@ def training_curves(frames: dict[str, pd.DataFrame], keys: list[str], subtitle: 
     for ax, key in zip(axes[0], keys, strict=True):
         sns.lineplot(data=long, x="step", y=key, hue="run", marker="o", ax=ax)
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(LABELS.get(key, key))
         if ax is not axes[0][-1]:
             ax.get_legend().remove()

@@ -123,8 +123,8 @@ def write_report(root: Path, names: list[str]) -> Path:
             continue
         lines += [f"## {name}", ""]
         for csv in sorted((folder / "tables").glob("*.csv")):
-            frame = pd.read_csv(csv)
-            lines += [f"**{csv.stem}**", "", frame.round(3).to_markdown(index=False), ""]
+            frame = pd.read_csv(csv, index_col=0)
+            lines += [f"**{csv.stem}**", "", frame.round(3).to_markdown(), ""]
         for png in sorted((folder / "figures").glob("*.png")):
             lines += [f"![{png.stem}]({png.relative_to(root)})", ""]
     path = root / "report.md"

@@ -49,7 +49,7 @@ def sft_sets(cfg: SFTExperimentConfig) -> dict[str, Path]:
 def run(cfg: SFTExperimentConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     data = sft_sets(cfg)
-    sizes = {n: sum(1 for _ in open(p)) for n, p in data.items()}
+    sizes = {n: len(p.read_text().splitlines()) for n, p in data.items()}
     runs = {
         f"SFT on {n}": run_training(cfg, train_config(cfg, "sft", [str(p)], cfg.train))
         for n, p in data.items()
@@ -62,7 +62,7 @@ def run(cfg: SFTExperimentConfig) -> Results:
         )
     table = res.table("table2", accuracy_table(evals))
     res.table("behaviour", behaviour_table(evals))
-    res.table("sft_data", pd.DataFrame({"pairs": sizes}))
+    res.table("sft_data", pd.DataFrame({"pairs": sizes}).rename_axis("set"))
     subtitle = f"{cfg.model} · preset {cfg.preset}"
     res.figure("accuracy", plots.accuracy_bars(table, subtitle, "SFT on guided vs unguided"))
     res.figure(

@@ -1,0 +1,55 @@
+"""Notebooks stay thin and in step with the schemas and presets."""
+
+import ast
+import json
+
+import pytest
+import yaml
+
+from sdlib import config as cfgmod
+from sdlib.runner import NOTEBOOK_DIR, NOTEBOOKS, PARAMS_DIR
+
+PRESETS = sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir())
+
+
+def cells(name):
+    return json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())["cells"]
+
+
+def parameters(name) -> dict:
+    tagged = [c for c in cells(name) if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1, f"{name}: exactly one cell must be tagged 'parameters'"
+    tree = ast.parse("".join(tagged[0]["source"]))
+    out = {}
+    for node in tree.body:
+        assert isinstance(node, ast.Assign), f"{name}: parameters cell holds only assignments"
+        out[node.targets[0].id] = ast.literal_eval(node.value)  # plain literals only
+    return out
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_is_the_schema_at_the_tiny_preset(name):
+    schema = cfgmod.EXPERIMENTS[name]
+    params = parameters(name)
+    assert set(params) == set(schema.__dataclass_fields__)
+    tiny = yaml.safe_load((PARAMS_DIR / "tiny" / f"{name}.yaml").read_text())
+    expected = vars(cfgmod.from_dict(schema, tiny))
+    assert params == expected
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_are_thin_and_cleared(name):
+    for c in cells(name):
+        if c["cell_type"] != "code":
+            continue
+        assert not c.get("outputs") and c.get("execution_count") is None
+        tree = ast.parse("".join(c["source"]))
+        banned = (ast.FunctionDef, ast.ClassDef, ast.For, ast.While, ast.Lambda)
+        assert not any(isinstance(n, banned) for n in ast.walk(tree)), f"logic in {name}"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_preset_validates(preset, name):
+    values = yaml.safe_load((PARAMS_DIR / preset / f"{name}.yaml").read_text()) or {}
+    cfgmod.from_dict(cfgmod.EXPERIMENTS[name], values)

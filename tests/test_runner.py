@@ -1,0 +1,144 @@
+"""All five notebooks at the smoke preset through papermill, as CI runs them."""
+
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sdlib import config as cfgmod
+from sdlib.runner import NOTEBOOKS, NotebookFailed, run
+from sdlib.settings import REPO_ROOT
+
+EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
+    "01_context_richness": {"table1": ["score", "len_tokens", "epi_total", "epi_total_word"]},
+    "02_sft_guided_vs_unguided": {"table2": None, "behaviour": ["len_tokens", "epi_total"]},
+    "03_sdpo_vs_grpo": {
+        "ood": ["accuracy", "len_tokens", "epi_total"],
+        "epistemic_word_shift": None,
+        "training_summary": ["rollout/reward_mean last", "rollout/len_tokens last"],
+    },
+    "04_fixed_vs_moving_teacher": {"ood": ["accuracy", "len_tokens", "epi_total"]},
+    "05_task_coverage": {"coverage": ["train_score", "ood_accuracy", "len_tokens"]},
+}
+FIGURES = {
+    "01_context_richness": ["conditions"],
+    "02_sft_guided_vs_unguided": ["accuracy", "sft_loss"],
+    "03_sdpo_vs_grpo": ["curves", "word_shift", "ood_accuracy"],
+    "04_fixed_vs_moving_teacher": ["curves", "word_shift", "ood_accuracy"],
+    "05_task_coverage": ["coverage", "curves"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    start = time.perf_counter()
+    run(["all"], preset="smoke", out=str(root))
+    return root, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_tables_and_figures_hold_finite_numbers(smoke_run, name):
+    root, _ = smoke_run
+    assert (root / "notebooks" / f"{name}.done").exists()
+    for table, columns in EXPECTED[name].items():
+        frame = pd.read_csv(root / name / "tables" / f"{table}.csv", index_col=0)
+        assert len(frame) > 0
+        for col in columns or frame.columns:
+            assert all(math.isfinite(v) for v in frame[col]), f"{name}/{table}/{col}"
+    for fig in FIGURES[name]:
+        png = root / name / "figures" / f"{fig}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_report_gathers_every_notebook(smoke_run):
+    root, _ = smoke_run
+    report = (root / "report.md").read_text()
+    for name in NOTEBOOKS:
+        assert f"## {name}" in report
+    assert report.count("![") == sum(len(v) for v in FIGURES.values())
+
+
+def test_rerun_resumes_finished_notebooks(smoke_run, capsys):
+    root, first = smoke_run
+    start = time.perf_counter()
+    run(["all"], preset="smoke", out=str(root))
+    assert capsys.readouterr().out.count("finished earlier, skipped") == len(NOTEBOOKS)
+    assert time.perf_counter() - start < first / 4
+
+
+def test_shared_runs_are_computed_once(smoke_run):
+    root, _ = smoke_run
+    # notebook 04's fixed-teacher SDPO run is notebook 03's SDPO run: one folder, not two
+    sdpo = sorted(p.name for p in (root / "train").glob("sdpo-*"))
+    assert len(sdpo) == len(set(sdpo))
+    assert len(sdpo) == 1 + 1 + 2  # 03/04 shared, 04's EMA run, 05's two sizes
+
+
+def test_bad_parameter_is_named_before_anything_runs(tmp_path):
+    with pytest.raises(cfgmod.ConfigError, match="03_sdpo_vs_grpo .*eval_k = 0"):
+        run(["03"], preset="smoke", out=str(tmp_path), overrides={"eval_k": 0})
+    assert not (tmp_path / "notebooks").exists()
+
+
+def test_failure_names_notebook_cell_and_parameters(tmp_path):
+    with pytest.raises(
+        NotebookFailed,
+        match=r"notebook 05_task_coverage failed in cell \d+ "
+        r"\(ValueError: sizes = \[1, 999\]",
+    ):
+        run(["05"], preset="smoke", out=str(tmp_path), overrides={"sizes": [1, 999]})
+    assert (tmp_path / "notebooks" / "05_task_coverage.ipynb").exists()
+    assert not (tmp_path / "notebooks" / "05_task_coverage.done").exists()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_jupyterlab_serves_the_notebooks_and_the_kernel(tmp_path):
+    port, token = free_port(), "sdlib-test"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--port={port}",
+        "--ServerApp.ip=127.0.0.1",
+        "--allow-root",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={REPO_ROOT}",
+    ]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/api"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/status?token={token}", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        listing = pd.read_json(urllib.request.urlopen(f"{base}/contents/notebooks?token={token}"))[
+            "content"
+        ]
+        names = {item["name"] for item in listing}
+        assert {f"{n}.ipynb" for n in NOTEBOOKS} <= names
+        specs = pd.read_json(
+            urllib.request.urlopen(f"{base}/kernelspecs?token={token}"), typ="series"
+        )
+        kernels = specs["kernelspecs"]
+        # `make setup` registers the project's environment as the "sdlib" kernel
+        assert "sdlib" in kernels, "run `make setup` to register the sdlib kernel"
+        argv = kernels["sdlib"]["spec"]["argv"]
+        assert Path(argv[0]).exists() and "ipykernel_launcher" in argv
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
