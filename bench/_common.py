@@ -1,7 +1,9 @@
 """Helpers the generation and step benchmarks share: clocks, peak memory, markdown tables.
 
 Peak memory on CPU is the resident set's high-water mark (``VmHWM``), reset before each
-measurement by writing 5 to ``/proc/self/clear_refs`` (Linux >= 4.0); where that is not
+measurement by writing 5 to ``/proc/self/clear_refs`` (Linux >= 4.0), after handing freed
+heap back to the system (``malloc_trim``) so that the growth is not hidden by memory an
+earlier measurement freed but glibc kept; where the reset is not
 allowed the process-wide ``ru_maxrss`` stands in, which never goes down, so later
 measurements then read 0 growth unless they exceed an earlier peak. On CUDA it is
 ``torch.cuda.max_memory_allocated``.
@@ -10,6 +12,8 @@ measurements then read 0 growth unless they exceed an earlier peak. On CUDA it i
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
 import resource
 import time
@@ -70,6 +74,9 @@ def reset_peak(device: str) -> int:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: growth may be hidden
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with contextlib.suppress(OSError):  # not allowed: ru_maxrss stands in (docstring)
         Path("/proc/self/clear_refs").write_text("5")
     return (_status_kib("VmRSS") or 0) * 1024

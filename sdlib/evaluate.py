@@ -209,8 +209,9 @@ def _summary_row(g: pd.DataFrame, k: int | None) -> dict:
 
 
 def _majority_correct(g: pd.DataFrame) -> bool:
-    answers = g["pred"].dropna()
-    if answers.empty:
+    # missing answers are None or NaN depending on the pandas version: keep strings only
+    answers = g["pred"].map(lambda p: p.strip() if isinstance(p, str) else None)
+    if answers.isna().all():
         return False
-    top = answers.map(str.strip).value_counts().index[0]
-    return bool(g.loc[g["pred"].map(lambda p: p is not None and p.strip() == top), "correct"].any())
+    top = answers.value_counts().index[0]
+    return bool(g.loc[answers == top, "correct"].any())

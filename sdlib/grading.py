@@ -492,11 +492,31 @@ def _remember(key: tuple[str, str], result: Grade) -> Grade:
     return result
 
 
+_BARE_VARIABLE = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*$")
+
+
+def _equation_value(pred: str, gold: str) -> str | None:
+    """The value an equation answer states, when gold is a plain value.
+
+    Only ``variable = value`` (or ``x = 2 + 3 = 5``: the last side) states a value:
+    math-verify also accepts ``x - 2 = -2`` for a gold of -2 (there x is 0) and ``2 + 3 = 5``
+    for 5, which would reward copying a worked example. None: not a value statement.
+    """
+    if "=" not in pred or "=" in gold:
+        return pred
+    sides = pred.split("=")
+    return sides[-1] if _BARE_VARIABLE.match(sides[0]) and sides[-1].strip() else None
+
+
 def _decide(pred: str, gold: str, timeout: float) -> Grade:
     letter = _choice_letter(gold, whole=True)
     if letter is not None:
         same = _choice_letter(pred) == letter
         return Grade(same, "exact" if same else "mismatch")
+    value = _equation_value(pred, gold)
+    if value is None:
+        return Grade(False, "mismatch")
+    pred = value.strip()
     if _canon(pred) == _canon(gold):
         return Grade(True, "exact")
     fast = _fast_equal(pred, gold)

@@ -117,7 +117,10 @@ def load_tokenizer(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False):
     """The tokenizer alone (tiny-random models share the bundled one)."""
     if spec.startswith("tiny-random:"):
         spec = DEFAULT_MODEL
-    tok = AutoTokenizer.from_pretrained(_local_folder(spec), trust_remote_code=trust_remote_code)
+    folder = cache_dir() / "models" / spec.removeprefix("bundled:")
+    if not (spec.startswith("bundled:") and (folder / "tokenizer.json").exists()):
+        folder = _local_folder(spec)  # converts the bundled model if needed
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     _prepare_tokenizer(tok)
     return tok
 
@@ -206,15 +209,16 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
 
 
 def _tiny_random(spec: str, dtype: torch.dtype):
-    """``tiny-random:LxH``: L layers of width H, heads of 16, weights from a fixed seed."""
+    """``tiny-random:LxH``: L layers of width H (heads of 64, or 16 below width 256),
+    weights from a fixed seed."""
     try:
         layers, hidden = (int(v) for v in spec.removeprefix("tiny-random:").split("x"))
     except ValueError:
         raise ValueError(f"model spec {spec!r} must look like 'tiny-random:2x64'") from None
-    if layers < 1 or hidden < 16 or hidden % 16:
+    if layers < 1 or hidden < 16 or hidden % (64 if hidden >= 256 else 16):
         raise ValueError(f"model spec {spec!r}: need layers >= 1 and hidden a multiple of 16")
     tok = load_tokenizer(DEFAULT_MODEL)
-    heads = hidden // 16
+    heads = hidden // 64 if hidden >= 256 else hidden // 16
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden,

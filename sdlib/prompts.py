@@ -26,7 +26,8 @@ HINT_TEMPLATE = (
 )
 
 # The tiny preset's format hint for a 135M model that rarely writes \boxed{} unprompted.
-FEW_SHOT = "Example: What is 2 + 3?\n2 + 3 = 5. The answer is \\boxed{5}."
+# Its answer is no integer, so a response that copies it never matches a synthetic answer.
+FEW_SHOT = "Example: What is 1.5 + 2.25?\n1.5 + 2.25 = 3.75. The answer is \\boxed{3.75}."
 # The ``thinking`` parameter of configs -> the chat template's switch (None: its default).
 THINKING = {"on": True, "off": False, "default": None}
 

@@ -12,6 +12,7 @@ rollouts) that is the policy's own log-prob, the ``pi_old`` of the importance ra
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -70,8 +71,20 @@ class Rollouts:
         return [len(t) for t in self.token_ids]
 
 
-def sample_next(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None):
-    """Draw one token per row. Returns (token [B], log-prob [B]) from ``logits`` [B, V]."""
+def row_seed(seed: int, key: int, sample: int) -> int:
+    """The seed of one sequence: a function of (seed, prompt key, sample number) only."""
+    digest = hashlib.sha256(f"{seed}/{key}/{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def sample_next(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator] | None):
+    """Draw one token per row. Returns (token [B], log-prob [B]) from ``logits`` [B, V].
+
+    With one generator per row (``gens``), row b draws by the Gumbel-max trick,
+    argmax_v(log p_v - log E_v) with E_v ~ Exp(1) from its own generator: the same
+    distribution as multinomial sampling, but a sequence's tokens no longer depend on which
+    other sequences share its batch, its position there, or the process it runs in.
+    """
     logits = logits.float()
     if s.temperature == 0:
         logp = torch.log_softmax(logits, dim=-1)
@@ -89,8 +102,13 @@ def sample_next(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None):
         before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
         drop = torch.zeros_like(filtered, dtype=torch.bool).scatter(1, order, before >= s.top_p)
         filtered = filtered.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(filtered, dim=-1)
-    token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    if gens is None:
+        token = torch.multinomial(torch.softmax(filtered, dim=-1), 1).squeeze(1)
+    else:
+        noise = torch.stack(
+            [torch.empty_like(filtered[0]).exponential_(generator=g) for g in gens]
+        )  # [B, V]
+        token = (filtered - noise.log()).argmax(dim=-1)
     return token, logp.gather(1, token[:, None]).squeeze(1)
 
 
@@ -114,12 +132,23 @@ class TransformersBackend:
         return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int = 1, sampling: Sampling = Sampling()) -> Rollouts:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        sampling: Sampling = Sampling(),
+        keys: list[int] | None = None,
+    ) -> Rollouts:
+        """``n`` samples per prompt. Sample j of prompt i is seeded by (sampling.seed,
+        keys[i], j) alone (keys default to 0, 1, ...): pass stable keys, such as a problem's
+        position in the step, to get the same samples however the prompts are batched or
+        split across processes."""
         start = time.perf_counter()
         encoded = self.encode(prompts)
+        keys = list(range(len(prompts))) if keys is None else keys
         rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
+        seeds = [row_seed(sampling.seed, keys[i], j) for i in range(len(prompts)) for j in range(n)]
         order = sorted(range(len(rows)), key=lambda r: (len(rows[r][1]), r))
-        gen = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
         results: dict[int, tuple[list[int], list[float], str]] = {}
         bar = tqdm(total=len(rows), desc="generate", unit="seq", disable=not self.progress)
         was_training = self.model.training
@@ -127,7 +156,8 @@ class TransformersBackend:
         try:
             for lo in range(0, len(order), self.batch_size):
                 chunk = order[lo : lo + self.batch_size]
-                outs = self._decode([rows[r][1] for r in chunk], sampling, gen)
+                gens = [torch.Generator(self.model.device).manual_seed(seeds[r]) for r in chunk]
+                outs = self._decode([rows[r][1] for r in chunk], sampling, gens)
                 results.update(zip(chunk, outs, strict=True))
                 bar.update(len(chunk))
         finally:
@@ -144,7 +174,7 @@ class TransformersBackend:
         out.text = self.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
         return out
 
-    def _decode(self, prompt_ids: list[list[int]], s: Sampling, gen):
+    def _decode(self, prompt_ids: list[list[int]], s: Sampling, gens):
         """Decode one left-padded batch; finished rows leave the batch and its KV cache."""
         device = self.model.device
         width = max(map(len, prompt_ids))
@@ -168,7 +198,7 @@ class TransformersBackend:
             logits_to_keep=1,
         )
         for _ in range(s.max_new_tokens):
-            token, logp = sample_next(out.logits[:, -1], s, gen)
+            token, logp = sample_next(out.logits[:, -1], s, gens)
             for row, t, lp in zip(live.tolist(), token.tolist(), logp.tolist(), strict=True):
                 tokens[row].append(t)
                 logps[row].append(lp)
@@ -182,6 +212,7 @@ class TransformersBackend:
             if keep.numel() < live.numel():
                 cache.batch_select_indices(keep)
                 live, token, mask, position = live[keep], token[keep], mask[keep], position[keep]
+                gens = [gens[i] for i in keep.tolist()]
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             position = position[:, -1:] + 1
             out = self.model(
@@ -233,7 +264,7 @@ class VLLMBackend:
         )
         return cls(engine, tokenizer)
 
-    def sampling_params(self, n: int, s: Sampling):
+    def sampling_params(self, n: int, s: Sampling, seed: int):
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -242,7 +273,7 @@ class VLLMBackend:
             top_p=s.top_p,
             top_k=s.top_k or -1,
             max_tokens=s.max_new_tokens,
-            seed=s.seed,
+            seed=seed,
             logprobs=0,
         )
 
@@ -253,15 +284,24 @@ class VLLMBackend:
 
         return LoRARequest(f"sdlib-{self.lora_id}", self.lora_id, self.lora_path)
 
-    def generate(self, prompts: list[str], n: int = 1, sampling: Sampling = Sampling()) -> Rollouts:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        sampling: Sampling = Sampling(),
+        keys: list[int] | None = None,
+    ) -> Rollouts:
+        """As TransformersBackend.generate; each prompt's request is seeded by its key."""
         start = time.perf_counter()
+        keys = list(range(len(prompts))) if keys is None else keys
+        params = [self.sampling_params(n, sampling, row_seed(sampling.seed, k, 0)) for k in keys]
         requests = [
             {"prompt_token_ids": ids}
             for ids in (self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts)
         ]
         outputs = self.engine.generate(
             requests,
-            self.sampling_params(n, sampling),
+            params,
             lora_request=self.lora_request(),
             use_tqdm=True,
         )

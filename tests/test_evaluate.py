@@ -133,3 +133,18 @@ def test_summary_has_overall_row_over_benchmarks():
     assert list(res.table.index) == ["a", "b", "overall"]
     assert res.table.loc["overall", "samples"] == 8
     assert summarize(res.samples.iloc[0:0]).empty
+
+
+def test_majority_vote_with_missing_answers_mixed_in():
+    # pandas 3 stores a missing answer as NaN: the vote must skip it, not crash on it
+    answers = {"Q0": ["no box here", "\\boxed{0}", "\\boxed{0}", "\\boxed{7}"]}
+    res = evaluate(
+        ScriptedBackend(answers),
+        PlainTok(),
+        {"s": problems(1)},
+        k=4,
+        sampling=Sampling(8),
+        progress=False,
+    )
+    assert res.table.loc["s", "maj@4"] == 1.0
+    assert res.table.loc["s", "boxed_frac"] == 0.75

@@ -122,7 +122,7 @@ def test_extraction_is_linear_on_hostile_input(text):
         ("x^2+2x+1", "(x+1)^2", "symbolic"),
         ("\\pi/2", "\\frac{\\pi}{2}", "symbolic"),
         ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", "symbolic"),
-        ("x=5", "5", "symbolic"),
+        ("x=5", "5", "exact"),  # variable = value: the value is graded
         ("0.3333333", "\\frac13", "symbolic"),  # decimals go to math-verify, which rounds
     ],
 )
@@ -426,3 +426,17 @@ def test_perturbation_is_unequal_for_numbers():
     assert _perturb("\\frac{1}{2}") == "3/2"
     assert _perturb("\\text{(C)}") == "D"
     assert Fraction(_perturb("-3")) == -2
+
+
+@pytest.mark.parametrize(
+    "pred, gold, ok",
+    [
+        ("x - 2 = -2", "-2", False),  # math-verify alone accepts this; x is 0 here
+        ("2 + 3 = 5", "5", False),  # copying a worked example states no answer
+        ("x = 5", "5", True),
+        ("n=\\frac{1}{2}", "0.5", True),
+        ("x = 2 + 3 = 5", "5", True),
+    ],
+)
+def test_equations_count_only_as_variable_equals_value(pred, gold, ok):
+    assert grade(pred, gold).correct is ok

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from sdlib.prompts import chat, student_prompt
-from sdlib.rollout import Rollouts, Sampling, TransformersBackend, VLLMBackend, sample_next
+from sdlib.rollout import (
+    Rollouts,
+    Sampling,
+    TransformersBackend,
+    VLLMBackend,
+    row_seed,
+    sample_next,
+)
 
 QUESTIONS = ["What is 3 + 4?", "Compute 12 - 5.", "What is the capital of France? Answer briefly."]
 
@@ -61,6 +68,19 @@ def test_logprobs_equal_a_separate_forward(bundled):
         assert torch.allclose(torch.tensor(lps, dtype=torch.float64), ref.squeeze(1), atol=1e-4)
 
 
+def test_sampled_tokens_do_not_depend_on_batching_order_or_split(tiny):
+    p = prompts(tiny.tokenizer)
+    s = Sampling(10, temperature=1.0, seed=3)
+    one = TransformersBackend(tiny.model, tiny.tokenizer, 1, False).generate(p, 2, s)
+    many = TransformersBackend(tiny.model, tiny.tokenizer, 8, False).generate(p, 2, s)
+    assert one.token_ids == many.token_ids
+    # the last prompt alone, keyed as in the full call: as if another process sampled it
+    alone = TransformersBackend(tiny.model, tiny.tokenizer, 8, False).generate(
+        p[2:], 2, s, keys=[2]
+    )
+    assert alone.token_ids == many.token_ids[4:]
+
+
 def test_stop_and_length_finish_reasons(tiny):
     b = TransformersBackend(tiny.model, tiny.tokenizer, 4, False)
     got = b.generate(prompts(tiny.tokenizer), 1, Sampling(5, temperature=1.0))
@@ -70,7 +90,8 @@ def test_stop_and_length_finish_reasons(tiny):
 
 
 def test_top_k_and_top_p_only_sample_allowed_tokens():
-    gen = torch.Generator().manual_seed(0)
+    gen = None  # the plain multinomial path
+    torch.manual_seed(0)
     logits = torch.tensor([[4.0, 3.0, 0.0, -1.0, -2.0]]).repeat(500, 1)
     tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_k=2), gen)
     assert set(tok.tolist()) == {0, 1}
@@ -79,6 +100,11 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
     assert set(tok.tolist()) == {0}
     tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_p=0.9), gen)
     assert set(tok.tolist()) == {0, 1}
+    gens = [torch.Generator().manual_seed(i) for i in range(500)]
+    tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_p=0.9), gens)
+    assert set(tok.tolist()) == {0, 1}
+    # Gumbel-max per row draws from the same distribution: p(0 | top-p 0.9) = 0.73
+    assert abs((tok == 0).float().mean().item() - 0.7311) < 0.06
 
 
 @pytest.mark.parametrize(
@@ -129,12 +155,12 @@ def test_vllm_result_conversion_with_a_fake_engine(tiny):
 def test_vllm_builds_requests_from_token_ids(tiny, monkeypatch):
     engine = FakeEngine()
     backend = VLLMBackend(engine, tiny.tokenizer)
-    monkeypatch.setattr(backend, "sampling_params", lambda n, s: ("params", n, s.max_new_tokens))
-    got = backend.generate(["hello", "hi there"], n=2, sampling=Sampling(9))
+    monkeypatch.setattr(backend, "sampling_params", lambda n, s, seed: (n, s.max_new_tokens, seed))
+    got = backend.generate(["hello", "hi there"], n=2, sampling=Sampling(9), keys=[5, 6])
     requests, params, lora = engine.calls[0]
     assert [r["prompt_token_ids"] for r in requests] == [
         tiny.tokenizer("hello", add_special_tokens=False)["input_ids"],
         tiny.tokenizer("hi there", add_special_tokens=False)["input_ids"],
     ]
-    assert params == ("params", 2, 9) and lora is None
+    assert params == [(2, 9, row_seed(0, 5, 0)), (2, 9, row_seed(0, 6, 0))] and lora is None
     assert len(got) == 4
