@@ -3,7 +3,7 @@
 Per problem with n samples of which c are correct:
     avg@k   = c / n                                  (the paper's avg@16, k = n)
     pass@k  = 1 - C(n - c, k) / C(n, k)              (unbiased; Chen et al. 2021)
-    maj@k   = 1 if the most frequent extracted answer is correct
+    maj@k   = 1 if the most frequent extracted answer is correct (ties: the first given)
 Benchmark figures are means over its problems; "overall" is the mean over all samples.
 
 Every sample is appended to ``<out>/samples.jsonl`` as soon as its batch is graded, so an
@@ -211,7 +211,8 @@ def _summary_row(g: pd.DataFrame, k: int | None) -> dict:
 def _majority_correct(g: pd.DataFrame) -> bool:
     # missing answers are None or NaN depending on the pandas version: keep strings only
     answers = g["pred"].map(lambda p: p.strip() if isinstance(p, str) else None)
-    if answers.isna().all():
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
         return False
-    top = answers.value_counts().index[0]
+    top = votes.most_common(1)[0][0]  # a tie goes to the answer given first
     return bool(g.loc[answers == top, "correct"].any())

@@ -49,7 +49,12 @@ class ScriptedBackend:
 
 
 class PlainTok:
+    """No chat template; one token per word."""
+
     chat_template = None
+
+    def encode(self, text, add_special_tokens=False):
+        return text.split()
 
 
 def problems(count):
@@ -77,7 +82,8 @@ def test_table_figures_follow_their_formulas():
     assert row["avg@4"] == pytest.approx(sum(correct) / (6 * k))
     assert row["pass@4"] == pytest.approx(sum(c > 0 for c in correct) / 6)
     assert row["pass@1"] == pytest.approx(row["avg@4"])
-    assert row["maj@4"] == pytest.approx(sum(c > k / 2 for c in correct) / 6)
+    # the right answers come first in each script, so a 2-2 tie goes to them
+    assert row["maj@4"] == pytest.approx(sum(c >= k / 2 for c in correct) / 6)
     wrong = 6 * k - sum(correct)
     assert row["epi/wait"] == pytest.approx(wrong / (6 * k))
     assert row["epi_total"] == pytest.approx(2 * wrong / (6 * k))

@@ -417,7 +417,7 @@ def test_fuzz_hostile_strings(worker, monkeypatch):
             assert isinstance(call(text, gold, timeout), Grade)
             assert time.perf_counter() - start < timeout + 2.0
     assert not SENTINEL.exists()
-    assert sum(reasons.values()) >= 300 and reasons["timeout"] >= 1, reasons
+    assert sum(reasons.values()) >= 250 and reasons["timeout"] >= 1, reasons
     assert grade("3\\sqrt{3}", "\\sqrt{27}") == Grade(True, "symbolic")
 
 
