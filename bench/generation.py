@@ -162,7 +162,7 @@ def main(argv=None) -> None:
             for batch in [PLAIN, *args.batches]:
                 result = measure(policies[dtype], prompts, batch, args, args.seed + repeat)
                 accumulate(totals.setdefault((dtype, batch), {}), result)
-    print(f"{args.model} on {device_name(args.device)}{' + LoRA' if lora else ''}; "
+    print(f"{args.model}{' + LoRA r16' if lora else ''} on {device_name(args.device)}; "
           f"{args.prompts} prompts, max_new_tokens {args.max_new_tokens}, temperature 1, "
           f"{args.repeats} repeat(s) summed; tokens = generated, EOS included")  # fmt: skip
     columns = ["dtype", "batch", "rows", "tokens", "mean len", "seconds", "tokens/s"]

@@ -32,6 +32,7 @@ from sdlib.problems import Problem
 from sdlib.prompts import THINKING, chat, student_prompt
 from sdlib.rollout import Rollouts, Sampling, TransformersBackend
 from sdlib.train import core
+from sdlib.train.dist import SINGLE, Dist
 from sdlib.train.metrics import METRICS, expected_keys, rollout_metrics
 
 
@@ -70,15 +71,16 @@ def user_turn(problem: Problem, cfg: cfgmod.TrainConfig) -> str:
     return student_prompt(problem.question, few_shot=cfg.few_shot)
 
 
-def rollout_phase(policy, backend, problems, cfg, step) -> StepBatch:
-    """Phases 2-3: sample, grade, pack."""
+def rollout_phase(policy, backend, problems, cfg, step, keys=None) -> StepBatch:
+    """Phases 2-3: sample, grade, pack. ``keys``: the problems' positions in the step
+    (they seed the samples; see ``TransformersBackend.generate``)."""
     tok = policy.tokenizer
     users = [user_turn(p, cfg) for p in problems]
     texts = [chat(tok, u, THINKING[cfg.thinking]) for u in users]
     sampling = Sampling(
         cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=step_seed(cfg.seed, step)
     )
-    ro = backend.generate(texts, n=cfg.rollouts_per_prompt, sampling=sampling)
+    ro = backend.generate(texts, n=cfg.rollouts_per_prompt, sampling=sampling, keys=keys)
     rewards = torch.tensor(
         [
             float(grade_response(t, problems[i].answer).correct)
@@ -100,21 +102,23 @@ def rollout_phase(policy, backend, problems, cfg, step) -> StepBatch:
     )
 
 
-def update_phase(algo, model, sb: StepBatch, opt, sched, cfg) -> dict:
+def update_phase(algo, model, sb: StepBatch, opt, sched, cfg, dist: Dist = SINGLE) -> dict:
     """Phase 5: one optimizer update per mini-batch of prompts, micro-batches accumulated.
 
-    Each micro-batch loss is divided by its mini-batch's normalizer, so the accumulated
-    gradient equals the gradient of the whole mini-batch's aggregated loss.
+    Each micro-batch loss is divided by its mini-batch's normalizer (summed over
+    processes), so the accumulated gradient equals the gradient of the whole mini-batch's
+    aggregated loss.
     """
     device = next(model.parameters()).device
     stats: dict[str, list[float]] = {}
     model.train()
     groups = range(len(sb.problems))
-    size = cfg.prompts_per_update or len(sb.problems)
+    size = (cfg.prompts_per_update or cfg.prompts_per_step) // dist.world  # this process's
     for lo in range(0, len(sb.problems), size):
         in_update = torch.isin(sb.group, torch.tensor(groups[lo : lo + size]))
         counted = sb.student.loss_mask[in_update & algo.counted(sb)]
         norm = loss_normalizer(counted, cfg.loss_agg) if counted.numel() else torch.tensor(0.0)
+        norm = dist.sum(norm.float())
         rows = (in_update & sb.active).nonzero().squeeze(1)
         opt.zero_grad(set_to_none=True)
         for part in core.micro_batches(len(rows), cfg.micro_batch):
@@ -123,6 +127,7 @@ def update_phase(algo, model, sb: StepBatch, opt, sched, cfg) -> dict:
             for k, v in micro.items():
                 stats.setdefault(k, []).append(float(v))
         params = [p for p in model.parameters() if p.requires_grad]
+        dist.sum_grads(params)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         stats.setdefault("train/grad_norm", []).append(
             float(torch.nn.utils.clip_grad_norm_(params, clip))
@@ -175,8 +180,11 @@ def load_training_policy(cfg):
 
 def train_on_policy(cfg: cfgmod.TrainConfig, problems: list[Problem], algo_cls) -> core.RunDir:
     """Run (or resume) ``cfg.steps`` on-policy steps of ``algo_cls`` in ``cfg.out``."""
+    dist = Dist.from_env(cfg.device)
+    dist.check(cfg)
     run = core.RunDir(cfg.out)
-    run.save_params(cfg)
+    if dist.main:
+        run.save_params(cfg)
     policy = load_training_policy(cfg)
     algo = algo_cls(cfg, policy)
     opt, sched = core.make_optimizer(policy.model, cfg)
@@ -185,28 +193,33 @@ def train_on_policy(cfg: cfgmod.TrainConfig, problems: list[Problem], algo_cls) 
         state = core.load_checkpoint(last, policy.model, opt, sched)
         algo.load_state(state)
         start = state["step"]
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            run.truncate(name, start - 1)
+        if dist.main:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                run.truncate(name, start - 1)
     backend = make_backend(cfg, policy)
+    steps = range(start, cfg.steps)
     for step in tqdm(
-        range(start, cfg.steps), desc=f"{cfg.algo} steps", initial=start, total=cfg.steps
+        steps, desc=f"{cfg.algo} steps", initial=start, total=cfg.steps, disable=not dist.main
     ):
-        row = one_step(algo, policy, backend, problems, cfg, step, opt, sched, run)
-        run.append("metrics.jsonl", [row])
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        row = one_step(algo, policy, backend, problems, cfg, step, opt, sched, run, dist)
+        if dist.main:
+            run.append("metrics.jsonl", [row])
+        if dist.main and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
             core.save_checkpoint(run, step + 1, policy.model, opt, sched, algo.state())
     return run
 
 
-def one_step(algo, policy, backend, problems, cfg, step, opt, sched, run) -> dict:
+def one_step(algo, policy, backend, problems, cfg, step, opt, sched, run, dist=SINGLE) -> dict:
     t0 = time.perf_counter()
     batch = step_problems(problems, step, cfg.prompts_per_step, cfg.seed)
-    sb = rollout_phase(policy, backend, batch, cfg, step)
+    mine = dist.shard(len(batch))
+    keys = [step * cfg.prompts_per_step + i for i in mine]
+    sb = rollout_phase(policy, backend, [batch[i] for i in mine], cfg, step, keys)
     t1 = time.perf_counter()
     algo.prepare(sb)
-    stats = update_phase(algo, policy.model, sb, opt, sched, cfg)
+    stats = update_phase(algo, policy.model, sb, opt, sched, cfg, dist)
     t2 = time.perf_counter()
-    if cfg.sample_every and step % cfg.sample_every == 0:
+    if dist.main and cfg.sample_every and step % cfg.sample_every == 0:
         run.append("samples.jsonl", sample_rows(sb, step, policy.tokenizer))
     row = {
         "step": step,
@@ -218,6 +231,7 @@ def one_step(algo, policy, backend, problems, cfg, step, opt, sched, run) -> dic
         "time/step": time.perf_counter() - t0,
     }
     # a step where no sample entered the loss has no loss figures: say so with NaN
-    return {
+    row = {
         k: row.get(k, math.nan) for k in sorted(expected_keys(cfg.algo), key=list(METRICS).index)
     }
+    return dist.mean_row(row)
