@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 # The CPU wheel of torch on machines without CUDA; GPU machines keep the torch they have.
 CPU_TORCH ?= torch==2.13.0
 PRESET  ?= tiny
+# torch's OpenMP threads spin while they wait; on a shared 2-core machine that costs 7-10x
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup test test-all demo lab bench lint format clean
 
@@ -32,7 +34,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
 demo: setup
-	$(BIN)/sdlib demo --preset $(PRESET)
+	$(BIN)/sdlib run all --preset $(PRESET) --out runs/$(PRESET)/demo
 
 lab: setup
 	$(BIN)/jupyter lab --allow-root notebooks
@@ -40,6 +42,7 @@ lab: setup
 bench: setup
 	$(BIN)/python bench/loss_memory.py
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/step.py
 
 lint: setup
 	$(BIN)/ruff check sdlib tests bench

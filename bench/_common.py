@@ -2,11 +2,10 @@
 
 Peak memory on CPU is the resident set's high-water mark (``VmHWM``), reset before each
 measurement by writing 5 to ``/proc/self/clear_refs`` (Linux >= 4.0), after handing freed
-heap back to the system (``malloc_trim``) so that the growth is not hidden by memory an
-earlier measurement freed but glibc kept; where the reset is not
-allowed the process-wide ``ru_maxrss`` stands in, which never goes down, so later
-measurements then read 0 growth unless they exceed an earlier peak. On CUDA it is
-``torch.cuda.max_memory_allocated``.
+heap back to the system (``malloc_trim``) so that memory an earlier measurement freed but
+glibc kept does not hide the growth. Where the reset is not allowed, the process-wide
+``ru_maxrss`` stands in; it never goes down, so a later measurement then reads 0 growth
+unless it exceeds an earlier peak. On CUDA it is ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations

@@ -204,7 +204,9 @@ class TrainConfig:
     dont_reprompt_on_self_success: bool = doc(
         "a rollout never serves as its own demonstration (the first *other* success)", True
     )
-    strip_demo_thinking: bool = doc("remove <think>...</think> from demonstrations", False)
+    strip_demo_thinking: bool = doc(
+        "demonstrations without their thinking (prompts.without_thinking)", False
+    )
     feedback: bool = doc("teach rollouts with no successful sibling from a feedback text", False)
     # SFT
     epochs: int = doc("SFT passes over the data (steps caps it)", 1)

@@ -86,6 +86,17 @@ def strip_thinking(text: str) -> str:
     return text.strip()
 
 
+def without_thinking(solution: str) -> str:
+    """A solution with its reasoning removed: ``strip_thinking`` where there is a thinking
+    part; for a model that writes none (the bundled SmolLM2) the closest analogue, its
+    final sentence (the one holding ``\\boxed{}``)."""
+    if THINK_CLOSE in solution:
+        return strip_thinking(solution)
+    lines = [x for x in solution.strip().splitlines() if x.strip()]
+    boxed = [x for x in lines if "\\boxed" in x]
+    return (boxed or lines or [""])[-1].strip()
+
+
 def chat(tokenizer, user: str, thinking: bool | None = None) -> str:
     """Render one user turn with the model's chat template, ready for the assistant's reply.
 

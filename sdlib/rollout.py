@@ -175,28 +175,35 @@ class TransformersBackend:
         return out
 
     def _decode(self, prompt_ids: list[list[int]], s: Sampling, gens):
-        """Decode one left-padded batch; finished rows leave the batch and its KV cache."""
+        """Decode one left-padded batch; finished rows leave the batch and its KV cache.
+
+        Copies of one prompt (the n samples of a group) are prefilled once and their KV
+        cache repeated, so a group costs one prefill, not n.
+        """
         device = self.model.device
-        width = max(map(len, prompt_ids))
+        unique = list(dict.fromkeys(map(tuple, prompt_ids)))
+        copy_of = torch.tensor([unique.index(tuple(p)) for p in prompt_ids], device=device)
+        width = max(map(len, unique))
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
-        mask = (
-            torch.arange(width, device=device)
-            >= (width - torch.tensor([len(p) for p in prompt_ids], device=device))[:, None]
-        ).long()
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in unique], device=device)
+        lengths = torch.tensor([len(p) for p in unique], device=device)
+        mask = (torch.arange(width, device=device) >= (width - lengths)[:, None]).long()
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        getattr(out, _CACHE_KW).batch_select_indices(copy_of)  # [U, ...] -> [B, ...]
+        out.logits = out.logits[copy_of]
+        mask = mask[copy_of]
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         stop = torch.tensor(self.stop_ids, device=device)
         live = torch.arange(len(prompt_ids), device=device)  # batch row -> original row
         tokens = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         reasons = ["length"] * len(prompt_ids)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position,
-            use_cache=True,
-            logits_to_keep=1,
-        )
         for _ in range(s.max_new_tokens):
             token, logp = sample_next(out.logits[:, -1], s, gens)
             for row, t, lp in zip(live.tolist(), token.tolist(), logp.tolist(), strict=True):

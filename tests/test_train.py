@@ -254,6 +254,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch,
     train(part)  # resumes from checkpoint step_2
 
     drop = {"time/rollout", "time/update", "time/step", "time/teacher"}
+
     def read(p):
         lines = (p / "run" / "metrics.jsonl").read_text().splitlines()
         return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]

@@ -15,8 +15,7 @@
    paired with the *plain* student prompt, for notebook 02's SFT.
 
 A model without a thinking block (the bundled SmolLM2) has nothing to strip: there the
-"without thinking" solution keeps only its final sentence (the one with ``\\boxed{}``), the
-closest analogue of a solution with its reasoning removed.
+"without thinking" solution keeps only its final sentence (``prompts.without_thinking``).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import pandas as pd
 from sdlib import plots
 from sdlib.config import ContextConfig
 from sdlib.experiments.common import Results, pooled, run_evaluation
-from sdlib.prompts import THINK_CLOSE, hint_prompt, strip_thinking, student_prompt
+from sdlib.prompts import hint_prompt, student_prompt, without_thinking
 from sdlib.rollout import Sampling
 
 NAME = "01_context_richness"
@@ -38,14 +37,6 @@ CONDITIONS = ("unguided", "full solution", "solution w/o thinking", "regeneratio
 
 class NoProblemsInBand(RuntimeError):
     """No candidate was solved band[0]..band[1] times: nothing to compare."""
-
-
-def without_thinking(solution: str) -> str:
-    if THINK_CLOSE in solution:
-        return strip_thinking(solution)
-    lines = [x for x in solution.strip().splitlines() if x.strip()]
-    boxed = [x for x in lines if "\\boxed" in x]
-    return (boxed or lines or [""])[-1].strip()
 
 
 def first_correct(samples: pd.DataFrame) -> dict[str, str]:

@@ -33,7 +33,7 @@ from sdlib.losses import (
     teacher_head_stats,
 )
 from sdlib.models import initial_policy
-from sdlib.prompts import THINKING, chat, strip_thinking, teacher_prompt
+from sdlib.prompts import THINKING, chat, teacher_prompt, without_thinking
 from sdlib.train import core
 
 
@@ -77,7 +77,7 @@ class SDPO:
         for i, d in enumerate(demos):
             user = sb.users[ro.prompt_index[i]]
             if d is not None:
-                demo = strip_thinking(ro.text[d]) if cfg.strip_demo_thinking else ro.text[d]
+                demo = without_thinking(ro.text[d]) if cfg.strip_demo_thinking else ro.text[d]
                 turn = teacher_prompt(user, demo)
             elif cfg.feedback:
                 turn = teacher_prompt(user, feedback=feedback_text(ro.text[i]))
