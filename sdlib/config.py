@@ -267,6 +267,7 @@ class ExperimentConfig:
     few_shot: bool = doc("prefix a one-line worked example (tiny scale: teaches \\boxed{})", True)
     thinking: str = doc("chat template thinking switch: on, off or default", "default")
     gen_batch: int = doc("sequences decoded together", 32)
+    backend: str = doc("generation backend: transformers or vllm (GPU)", "transformers")
     max_new_tokens: int = doc("most tokens per response", 128)
     eval_data: list[str] = doc(
         "out-of-distribution evaluation sets", ["synthetic:multiplication:2:16"]
@@ -279,6 +280,8 @@ class ExperimentConfig:
     def validate(self) -> None:
         if self.thinking not in ("on", "off", "default"):
             raise ConfigError(f"thinking = {self.thinking!r}; expected on, off or default")
+        if self.backend not in ("transformers", "vllm"):
+            raise ConfigError(f"backend = {self.backend!r}; expected transformers or vllm")
         for name in ("gen_batch", "max_new_tokens", "eval_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")

@@ -96,7 +96,7 @@ def load_policy(
     if spec.startswith("tiny-random:"):
         model, tok = _tiny_random(spec, torch_dtype)
     else:
-        path = _local_folder(spec)
+        path = local_folder(spec)
         kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
         if load_in_4bit:
             kwargs["quantization_config"] = _four_bit_config(torch_dtype)
@@ -119,7 +119,7 @@ def load_tokenizer(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False):
         spec = DEFAULT_MODEL
     folder = cache_dir() / "models" / spec.removeprefix("bundled:")
     if not (spec.startswith("bundled:") and (folder / "tokenizer.json").exists()):
-        folder = _local_folder(spec)  # converts the bundled model if needed
+        folder = local_folder(spec)  # converts the bundled model if needed
     tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     _prepare_tokenizer(tok)
     return tok
@@ -132,7 +132,8 @@ def _prepare_tokenizer(tok) -> None:
         tok.pad_token = tok.eos_token
 
 
-def _local_folder(spec: str) -> str:
+def local_folder(spec: str) -> str:
+    """The folder holding ``spec``'s weights (converting or locating them as needed)."""
     if spec.startswith("bundled:"):
         return str(bundled_folder(spec.removeprefix("bundled:")))
     if Path(spec).expanduser().is_dir():

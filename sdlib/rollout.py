@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -270,6 +271,11 @@ class VLLMBackend:
             enable_prefix_caching=True,
         )
         return cls(engine, tokenizer)
+
+    def set_adapter(self, path: str | Path) -> None:
+        """Serve the LoRA adapter saved at ``path`` from now on. vLLM caches adapters by
+        id, so each new version gets a new id (the trainer calls this every step)."""
+        self.lora_path, self.lora_id = str(path), self.lora_id + 1
 
     def sampling_params(self, n: int, s: Sampling, seed: int):
         from vllm import SamplingParams

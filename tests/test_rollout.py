@@ -164,3 +164,18 @@ def test_vllm_builds_requests_from_token_ids(tiny, monkeypatch):
     ]
     assert params == [(2, 9, row_seed(0, 5, 0)), (2, 9, row_seed(0, 6, 0))] and lora is None
     assert len(got) == 4
+
+
+def test_vllm_serves_each_new_adapter_under_a_new_id(tiny, tmp_path):
+    engine = FakeEngine()
+    backend = VLLMBackend(engine, tiny.tokenizer)
+    backend.lora_request = lambda: (backend.lora_path, backend.lora_id)  # no vllm here
+    backend.sampling_params = lambda n, s, seed: None
+    backend.generate(["a"], 1, Sampling(4))
+    backend.set_adapter(tmp_path / "step1")
+    backend.generate(["a"], 1, Sampling(4))
+    backend.set_adapter(tmp_path / "step2")
+    backend.generate(["a"], 1, Sampling(4))
+    served = [call[2] for call in engine.calls]
+    assert served[0] == (None, 1)
+    assert served[1] == (str(tmp_path / "step1"), 2) and served[2] == (str(tmp_path / "step2"), 3)

@@ -17,10 +17,10 @@ import pandas as pd
 
 from sdlib import config as cfgmod
 from sdlib.evaluate import EvalResult, evaluate
-from sdlib.models import load_policy, load_tokenizer
+from sdlib.models import load_policy, load_tokenizer, local_folder
 from sdlib.problems import Problem, load_problems
 from sdlib.prompts import THINKING, student_prompt
-from sdlib.rollout import Sampling, TransformersBackend
+from sdlib.rollout import Sampling, TransformersBackend, VLLMBackend
 
 
 def load_benchmarks(specs: list[str], limit: int = 0) -> dict[str, list[Problem]]:
@@ -49,6 +49,12 @@ class LazyBackend:
         self.cfg, self.adapter, self.inner = cfg, adapter, None
 
     def generate(self, prompts, n, sampling):
+        if self.inner is None and self.cfg.backend == "vllm":
+            self.inner = VLLMBackend.from_model(
+                local_folder(self.cfg.model), load_tokenizer(self.cfg.model)
+            )
+            if self.adapter:
+                self.inner.set_adapter(self.adapter)
         if self.inner is None:
             policy = load_policy(
                 self.cfg.model, dtype=self.cfg.dtype, device=self.cfg.device, adapter=self.adapter
@@ -115,6 +121,7 @@ def train_config(cfg, algo: str, data: list[str], *overrides: dict) -> cfgmod.Tr
         "few_shot": cfg.few_shot,
         "thinking": cfg.thinking,
         "gen_batch": cfg.gen_batch,
+        "backend": cfg.backend,
         "max_new_tokens": cfg.max_new_tokens,
     }
     for o in overrides:

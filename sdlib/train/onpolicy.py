@@ -30,7 +30,7 @@ from sdlib.losses import loss_normalizer
 from sdlib.models import LoraSpec, load_policy
 from sdlib.problems import Problem
 from sdlib.prompts import THINKING, chat, student_prompt
-from sdlib.rollout import Rollouts, Sampling, TransformersBackend
+from sdlib.rollout import Rollouts, Sampling, TransformersBackend, VLLMBackend
 from sdlib.train import core
 from sdlib.train.dist import SINGLE, Dist
 from sdlib.train.metrics import METRICS, expected_keys, rollout_metrics
@@ -158,12 +158,23 @@ def sample_rows(sb: StepBatch, step: int, tok) -> list[dict]:
 
 
 def make_backend(cfg, policy):
+    """The rollout backend: the policy itself (transformers) or a vLLM engine on the base
+    weights that serves the current LoRA adapter (``sync_backend`` each step)."""
     if cfg.backend == "vllm":
-        raise cfgmod.ConfigError(
-            "backend = 'vllm' for training needs the GPU runner "
-            "(weights synced each step); use 'transformers' here"
+        from sdlib.models import local_folder
+
+        return VLLMBackend.from_model(
+            local_folder(cfg.model), policy.tokenizer, dtype="bfloat16", max_lora_rank=cfg.lora_r
         )
     return TransformersBackend(policy.model, policy.tokenizer, cfg.gen_batch, progress=False)
+
+
+def sync_backend(backend, model, run) -> None:
+    """Hand the current adapter to a backend that holds its own copy of the weights."""
+    if hasattr(backend, "set_adapter"):
+        folder = run.path / "rollout_adapter"
+        model.save_pretrained(folder)
+        backend.set_adapter(folder)
 
 
 def load_training_policy(cfg):
@@ -212,6 +223,7 @@ def train_on_policy(cfg: cfgmod.TrainConfig, problems: list[Problem], algo_cls) 
 def one_step(algo, policy, backend, problems, cfg, step, opt, sched, run, dist=SINGLE) -> dict:
     t0 = time.perf_counter()
     batch = step_problems(problems, step, cfg.prompts_per_step, cfg.seed)
+    sync_backend(backend, policy.model, run)
     mine = dist.shard(len(batch))
     keys = [step * cfg.prompts_per_step + i for i in mine]
     sb = rollout_phase(policy, backend, [batch[i] for i in mine], cfg, step, keys)
