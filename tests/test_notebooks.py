@@ -53,3 +53,8 @@ def test_notebooks_are_thin_and_cleared(name):
 def test_every_preset_validates(preset, name):
     values = yaml.safe_load((PARAMS_DIR / preset / f"{name}.yaml").read_text()) or {}
     cfgmod.from_dict(cfgmod.EXPERIMENTS[name], values)
+
+
+@pytest.mark.parametrize("path", sorted(PARAMS_DIR.glob("*/train_*.yaml")))
+def test_training_presets_validate(path):
+    cfgmod.load(cfgmod.TrainConfig, path)
