@@ -111,7 +111,8 @@ def run(cfg: ContextConfig) -> Results:
                 "candidates": [len(pool)],
                 "selected": [len(problems)],
                 "screen_avg": [float(screen["correct"].mean())],
-            }
+            },
+            index=pd.Index(["screening"], name="stage"),
         ),
     )
     return res
