@@ -24,12 +24,10 @@ word count (the paper's substring mode).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -38,12 +36,10 @@ import torch
 from sdlib.evaluate import evaluate
 from sdlib.models import DEFAULT_MODEL, load_policy
 from sdlib.problems import Problem
-from sdlib.prompts import student_prompt
 from sdlib.rollout import Sampling, TransformersBackend
 from sdlib.synthetic import FAMILIES, LEVELS, generate
 
 MODES = {"on": ("fewshot",), "off": ("plain",), "both": ("plain", "fewshot")}
-FEWSHOT_KEY = "bench_few_shot"  # Problem.meta flag read by the prompt function
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,18 +88,9 @@ def benchmarks(args) -> dict[str, list[Problem]]:
             problems = generate(family, level, args.problems, seed=args.seed)
             for mode in MODES[args.few_shot]:
                 cells[cell_name(family, level, mode)] = [
-                    dataclasses.replace(
-                        p,
-                        id=f"{p.id}-{mode}",
-                        meta={**p.meta, FEWSHOT_KEY: mode == "fewshot"},
-                    )
-                    for p in problems
+                    dataclasses.replace(p, id=f"{p.id}-{mode}") for p in problems
                 ]
     return cells
-
-
-def prompt_fn(problem: Problem) -> str:
-    return student_prompt(problem.question, few_shot=bool(problem.meta.get(FEWSHOT_KEY)))
 
 
 def setting_dir(args, temperature: float) -> Path:
@@ -197,22 +184,6 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join([line(head), rule, *(line(r) for r in body)])
 
 
-@contextlib.contextmanager
-def _object_strings():
-    """Keep missing answers as None in object columns while ``evaluate`` summarises.
-
-    Under pandas >= 3 string columns default to the ``str`` dtype, whose missing value is
-    NaN, and ``sdlib.evaluate._majority_correct`` then calls ``.strip()`` on a float for any
-    problem with both boxed and unboxed samples. Opting out of that inference avoids it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*infer_string")  # deprecated in pandas 3
-        if not hasattr(pd.options.future, "infer_string"):
-            yield
-            return
-        with pd.option_context("future.infer_string", False):
-            yield
-
-
 def run_temperature(policy, backend, cells, args, temperature: float) -> str:
     out_dir = setting_dir(args, temperature)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,19 +198,23 @@ def run_temperature(policy, backend, cells, args, temperature: float) -> str:
         json.dumps({**settings, "temperature": temperature}, indent=1) + "\n"
     )
     start = time.perf_counter()
-    with _object_strings():
+    frames = []
+    for mode in MODES[args.few_shot]:  # the hint is a chat turn: one evaluation per mode
+        chosen = {name: ps for name, ps in cells.items() if name.endswith(f"/{mode}")}
         result = evaluate(
             backend,
             policy.tokenizer,
-            cells,
+            chosen,
             k=args.k,
             sampling=sampling,
-            out_dir=out_dir,
+            out_dir=out_dir / mode,
             problems_per_batch=max(1, args.batch_size // args.k),
-            prompt_fn=prompt_fn,
+            few_shot=mode == "fewshot",
             progress=not args.no_progress,
         )
-    table = cell_table(result.samples, cells, args)
+        frames.append(result.samples)
+    samples = pd.concat(frames, ignore_index=True)
+    table = cell_table(samples, cells, args)
     report = "\n".join(
         [
             f"## {args.model} T={temperature:g} top-p={args.top_p:g} "

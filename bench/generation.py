@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def chat_prompts(tokenizer, count: int, seed: int) -> list[str]:
     problems = synthetic.generate("addition", 1, count, seed)
-    return [chat(tokenizer, student_prompt(p.question, few_shot=True)) for p in problems]
+    return [chat(tokenizer, student_prompt(p.question), few_shot=True) for p in problems]
 
 
 def plain_generate(policy, prompts: list[str], rows: int, args, seed: int) -> dict:

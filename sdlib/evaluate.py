@@ -54,10 +54,11 @@ def render(
     tokenizer,
     prompt_fn: Callable[[Problem], str] | None = None,
     thinking: bool | None = None,
+    few_shot: bool = False,
 ) -> list[str]:
     """Chat-templated student prompts (or ``prompt_fn``'s user turns) for ``problems``."""
     make = prompt_fn or (lambda p: student_prompt(p.question))
-    return [chat(tokenizer, make(p), thinking=thinking) for p in problems]
+    return [chat(tokenizer, make(p), thinking, few_shot) for p in problems]
 
 
 def sample_records(
@@ -129,6 +130,7 @@ def evaluate(
     problems_per_batch: int = 8,
     prompt_fn: Callable[[Problem], str] | None = None,
     thinking: bool | None = None,
+    few_shot: bool = False,
     progress: bool = True,
 ) -> EvalResult:
     """Sample ``k`` responses per problem of each benchmark and summarise them.
@@ -153,7 +155,9 @@ def evaluate(
         problems = [p for _, p in batch]
         seed = sampling.seed + lo  # fixed per batch position, so a resume samples the same
         rollouts = backend.generate(
-            render(problems, tokenizer, prompt_fn, thinking), n=k, sampling=_reseed(sampling, seed)
+            render(problems, tokenizer, prompt_fn, thinking, few_shot),
+            n=k,
+            sampling=_reseed(sampling, seed),
         )
         new = sample_records(problems, rollouts, tokenizer, [n for n, _ in batch])
         append_samples(out_dir, new)

@@ -25,9 +25,12 @@ HINT_TEMPLATE = (
     "{question}\n\nCorrect solution: {solution}\n\nCorrectly solve the original question."
 )
 
-# The tiny preset's format hint for a 135M model that rarely writes \boxed{} unprompted.
-# Its answer is no integer, so a response that copies it never matches a synthetic answer.
-FEW_SHOT = "Example: What is 1.5 + 2.25?\n1.5 + 2.25 = 3.75. The answer is \\boxed{3.75}."
+# The tiny preset's format hint, one worked exchange placed before the question as an
+# earlier chat turn. SmolLM2-135M boxes an answer in under 6% of responses without it and
+# copies an example written into the same turn; as a turn of its own it answers the new
+# question in the shown format (level-1 word problems: 35% right at T 0.7 against 0-2%).
+# No level-1 synthetic answer is 100.
+FEW_SHOT = ("What is 40 + 60?", "40 + 60 = 100. The answer is \\boxed{100}.")
 # The ``thinking`` parameter of configs -> the chat template's switch (None: its default).
 THINKING = {"on": True, "off": False, "default": None}
 
@@ -35,13 +38,9 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 
-def student_prompt(question: str, few_shot: str | bool = "") -> str:
-    """The student's single user turn. ``few_shot`` (tiny preset only; True = ``FEW_SHOT``)
-    goes before the question to show a weak model the ``\\boxed{}`` format; the paper uses
-    none."""
-    few_shot = FEW_SHOT if few_shot is True else few_shot
-    head = f"{few_shot.rstrip()}\n\n" if few_shot else ""
-    return f"{head}{question}\n{STUDENT_SUFFIX}"
+def student_prompt(question: str) -> str:
+    """The student's single user turn."""
+    return f"{question}\n{STUDENT_SUFFIX}"
 
 
 def teacher_prompt(
@@ -97,17 +96,26 @@ def without_thinking(solution: str) -> str:
     return (boxed or lines or [""])[-1].strip()
 
 
-def chat(tokenizer, user: str, thinking: bool | None = None) -> str:
+def chat(tokenizer, user: str, thinking: bool | None = None, few_shot: bool = False) -> str:
     """Render one user turn with the model's chat template, ready for the assistant's reply.
 
     ``thinking`` is passed to templates that have a switch (Qwen3 ``enable_thinking``);
-    ``None`` leaves the template's default. Returns text; tokenise it without adding special
-    tokens again.
+    ``None`` leaves the template's default. ``few_shot`` puts the ``FEW_SHOT`` exchange
+    first (tiny preset; the paper uses none). Returns text; tokenise it without adding
+    special tokens again.
     """
     kwargs = {} if thinking is None else {"enable_thinking": thinking}
-    messages = [{"role": "user", "content": user}]
+    shot = (
+        [
+            {"role": "user", "content": student_prompt(FEW_SHOT[0])},
+            {"role": "assistant", "content": FEW_SHOT[1]},
+        ]
+        if few_shot
+        else []
+    )
+    messages = [*shot, {"role": "user", "content": user}]
     if getattr(tokenizer, "chat_template", None) is None:
-        return f"{user}\n"
+        return "".join(f"{m['content']}\n" for m in messages)
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True, **kwargs
     )

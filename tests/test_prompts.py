@@ -23,9 +23,15 @@ def test_templates_are_the_papers():
     )
 
 
-def test_few_shot_goes_before_the_question():
-    text = student_prompt("Q?", few_shot="Example: 1+1 = \\boxed{2}")
-    assert text.startswith("Example") and text.endswith("Q?\n" + STUDENT_SUFFIX)
+def test_few_shot_is_an_earlier_exchange_of_the_chat(bundled):
+    from sdlib.prompts import FEW_SHOT
+
+    plain = chat(bundled.tokenizer, student_prompt("Q?"))
+    shot = chat(bundled.tokenizer, student_prompt("Q?"), few_shot=True)
+    assert FEW_SHOT[0] not in plain
+    # the worked exchange comes first, as its own user and assistant turns
+    assert shot.index(FEW_SHOT[0]) < shot.index(FEW_SHOT[1]) < shot.index("Q?\n" + STUDENT_SUFFIX)
+    assert shot.count("<|im_start|>user") == 2 and shot.count("<|im_start|>assistant") == 2
 
 
 def test_split_thinking_forms():

@@ -83,7 +83,7 @@ def run_evaluation(
     """Evaluate (or resume evaluating) the base policy or ``adapter`` in the run folder."""
     k = k or cfg.eval_k
     sampling = sampling or eval_sampling(cfg)
-    prompt_fn = prompt_fn or (lambda p: student_prompt(p.question, few_shot=cfg.few_shot))
+    prompt_fn = prompt_fn or (lambda p: student_prompt(p.question))
     key = digest(
         {
             "model": cfg.model,
@@ -92,6 +92,7 @@ def run_evaluation(
             "k": k,
             "sampling": dataclasses.asdict(sampling),
             "thinking": cfg.thinking,
+            "few_shot": cfg.few_shot,
             "problems": {n: [(p.id, prompt_fn(p)) for p in ps] for n, ps in benchmarks.items()},
         }
     )
@@ -207,7 +208,7 @@ def run_eval(cfg: cfgmod.EvalConfig) -> EvalResult:
         sampling=sampling,
         out_dir=out,
         thinking=THINKING[cfg.thinking],
-        prompt_fn=lambda p: student_prompt(p.question, few_shot=cfg.few_shot),
+        few_shot=cfg.few_shot,
     )
     if out is not None:
         result.table.to_csv(out / "table.csv")

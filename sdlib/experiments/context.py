@@ -63,7 +63,7 @@ def run(cfg: ContextConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     pool = pooled(cfg.data, cfg.pool_limit)
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=cfg.seed)
-    ask = lambda p: student_prompt(p.question, few_shot=cfg.few_shot)  # noqa: E731
+    ask = lambda p: student_prompt(p.question)  # noqa: E731
     screen = run_evaluation(
         cfg, "screen", {"pool": pool}, k=cfg.select_k, sampling=sampling, prompt_fn=ask
     ).samples

@@ -68,7 +68,7 @@ def step_problems(problems: list[Problem], step: int, size: int, seed: int) -> l
 
 
 def user_turn(problem: Problem, cfg: cfgmod.TrainConfig) -> str:
-    return student_prompt(problem.question, few_shot=cfg.few_shot)
+    return student_prompt(problem.question)
 
 
 def rollout_phase(policy, backend, problems, cfg, step, keys=None) -> StepBatch:
@@ -76,7 +76,7 @@ def rollout_phase(policy, backend, problems, cfg, step, keys=None) -> StepBatch:
     (they seed the samples; see ``TransformersBackend.generate``)."""
     tok = policy.tokenizer
     users = [user_turn(p, cfg) for p in problems]
-    texts = [chat(tok, u, THINKING[cfg.thinking]) for u in users]
+    texts = [chat(tok, u, THINKING[cfg.thinking], cfg.few_shot) for u in users]
     sampling = Sampling(
         cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=step_seed(cfg.seed, step)
     )

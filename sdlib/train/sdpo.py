@@ -84,7 +84,7 @@ class SDPO:
             else:
                 turn = None
             active.append(turn is not None)
-            text = chat(self.tok, turn or user, THINKING[cfg.thinking])
+            text = chat(self.tok, turn or user, THINKING[cfg.thinking], cfg.few_shot)
             prompts.append(self.tok(text, add_special_tokens=False)["input_ids"])
         sb.active = torch.tensor(active)
         sb.extra["teacher"] = core.pack(prompts, ro.token_ids, self.tok.pad_token_id)

@@ -43,12 +43,11 @@ def read_pairs(paths: list[str]) -> list[dict]:
     return pairs
 
 
-def encode_pairs(pairs: list[dict], tok, thinking) -> tuple[list, list]:
+def encode_pairs(pairs: list[dict], tok, thinking, few_shot=False) -> tuple[list, list]:
     prompts, responses = [], []
     for row in pairs:
-        prompts.append(
-            tok(chat(tok, row["prompt"], thinking), add_special_tokens=False)["input_ids"]
-        )
+        text = chat(tok, row["prompt"], thinking, few_shot)
+        prompts.append(tok(text, add_special_tokens=False)["input_ids"])
         responses.append(
             tok(row["response"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         )
@@ -85,7 +84,7 @@ def train_sft(cfg) -> core.RunDir:
     policy = load_training_policy(cfg)
     tok, model = policy.tokenizer, policy.model
     pairs = read_pairs(cfg.data)
-    prompts, responses = encode_pairs(pairs, tok, THINKING[cfg.thinking])
+    prompts, responses = encode_pairs(pairs, tok, THINKING[cfg.thinking], cfg.few_shot)
     opt, sched = core.make_optimizer(model, cfg)
     start = 0
     if (last := run.latest()) is not None:
