@@ -107,6 +107,7 @@ def run_evaluation(
         out_dir=out,
         prompt_fn=prompt_fn,
         thinking=THINKING[cfg.thinking],
+        few_shot=cfg.few_shot,
     )
 
 
