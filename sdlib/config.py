@@ -34,13 +34,65 @@ def doc(help: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
     return field(metadata={"help": help}, **kwargs)
 
 
+# Fields several schemas share: each documented once, here; ``shared(name, default)``.
+SHARED_HELP = {
+    "model": "policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id",
+    "dtype": "weights and compute precision, set at load time: fp32, bf16 (fp64 for tests)",
+    "device": "torch device: cpu, cuda, cuda:1 ...",
+    "seed": "seed of problem order, sampling and LoRA init",
+    "thinking": "chat template thinking switch: on, off or default",
+    "few_shot": "put one worked exchange before the question as an earlier chat turn "
+    "(tiny scale: the bundled model seldom writes \\boxed{} without it)",
+    "backend": "generation backend: transformers or vllm (GPU)",
+    "gen_batch": "sequences decoded together (transformers backend)",
+    "max_new_tokens": "most tokens generated per response",
+}
+
+
+def shared(name: str, default: Any) -> Any:
+    """A field whose documentation lives in ``SHARED_HELP``."""
+    return doc(SHARED_HELP[name], default)
+
+
+# Allowed values, by field name, for every schema that has the field.
+CHOICES = {
+    "algo": ("grpo", "sdpo", "sft"),
+    "teacher": ("initial", "live", "ema"),
+    "backend": ("transformers", "vllm"),
+    "thinking": ("on", "off", "default"),
+    "loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"),
+    "distill_loss": ("topk-tail", "topk-renorm", "sampled-token", "full"),
+}
+# Fields that count something and must be at least 1, by field name.
+POSITIVE = (
+    "k",
+    "eval_k",
+    "steps",
+    "prompts_per_step",
+    "rollouts_per_prompt",
+    "micro_batch",
+    "lora_r",
+    "gen_batch",
+    "max_new_tokens",
+    "loss_chunk",
+)
+
+
+def check_values(cfg) -> None:
+    """Raise ConfigError for the first field outside ``CHOICES`` or below 1 (``POSITIVE``)."""
+    for name, allowed in CHOICES.items():
+        if hasattr(cfg, name) and getattr(cfg, name) not in allowed:
+            raise ConfigError(f"{name} = {getattr(cfg, name)!r}; expected one of {allowed}")
+    for name in POSITIVE:
+        if hasattr(cfg, name) and getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} = {getattr(cfg, name)!r}; expected an int >= 1")
+
+
 @dataclass
 class EvalConfig:
     """``sdlib eval``: k samples per problem on one or more problem sets."""
 
-    model: str = doc(
-        "policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id", DEFAULT_MODEL
-    )
+    model: str = shared("model", DEFAULT_MODEL)
     data: list[str] = doc(
         "problem sets: short names (aime24, math500, seen_64, chemistry), "
         "paths (.parquet/.jsonl/.json) or synthetic:FAMILY[:LEVEL[:COUNT]]",
@@ -48,28 +100,17 @@ class EvalConfig:
     )
     limit: int = doc("evaluate at most this many problems per set; 0 = all", 0)
     k: int = doc("samples per problem (avg@k, pass@k)", 4)
-    max_new_tokens: int = doc("most tokens generated per response", 256)
+    max_new_tokens: int = shared("max_new_tokens", 256)
     temperature: float = doc("sampling temperature; 0 = greedy", 0.6)
     top_p: float = doc("nucleus sampling mass", 0.95)
-    seed: int = doc("random seed of the sampler", 0)
-    dtype: str = doc("weights and compute precision: fp32, bf16 (fp64 for tests)", "fp32")
-    device: str = doc("torch device: cpu, cuda, cuda:1 ...", "cpu")
-    batch_size: int = doc("sequences decoded together", 32)
+    seed: int = shared("seed", 0)
+    dtype: str = shared("dtype", "fp32")
+    device: str = shared("device", "cpu")
+    gen_batch: int = shared("gen_batch", 32)
     lora: str = doc("folder of a saved LoRA adapter to apply; empty = none", "")
-    thinking: str = doc("chat template thinking switch: on, off or default", "default")
-    few_shot: bool = doc("prefix a one-line worked example to show the \\boxed{} format", False)
+    thinking: str = shared("thinking", "default")
+    few_shot: bool = shared("few_shot", False)
     out: str = doc("output folder (resumes when it holds samples.jsonl); empty = none", "")
-
-    def validate(self) -> None:
-        if self.thinking not in ("on", "off", "default"):
-            raise ConfigError(f"thinking = {self.thinking!r}; expected on, off or default")
-        for name in ("k", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")
-
-
-def fields_help(cls) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def _expected(tp) -> tuple[type, ...]:
@@ -111,6 +152,7 @@ def from_dict(cls, values: dict[str, Any]):
             raise ConfigError(f"unknown parameter {key!r} for {cls.__name__}{hint}")
     cfg = cls(**values)
     check_types(cfg)
+    check_values(cfg)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
@@ -153,9 +195,7 @@ class TrainConfig:
     """
 
     algo: str = doc("grpo, sdpo or sft", "sdpo")
-    model: str = doc(
-        "policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id", DEFAULT_MODEL
-    )
+    model: str = shared("model", DEFAULT_MODEL)
     data: list[str] = doc(
         "training problem sets (see eval's data); sft: a samples jsonl", ["synthetic:addition:1:64"]
     )
@@ -172,18 +212,18 @@ class TrainConfig:
     lora_r: int = doc("LoRA rank", 16)
     lora_alpha: int = doc("LoRA scale numerator (scale = alpha / r)", 32)
     lora_dropout: float = doc("LoRA dropout", 0.0)
-    dtype: str = doc("weights and compute precision: fp32, bf16 (fp64 for tests)", "fp32")
-    device: str = doc("torch device", "cpu")
+    dtype: str = shared("dtype", "fp32")
+    device: str = shared("device", "cpu")
     gradient_checkpointing: bool = doc("recompute activations in backward to save memory", False)
     load_in_4bit: bool = doc("4-bit base weights through bitsandbytes (GPU only)", False)
-    backend: str = doc("rollout backend: transformers or vllm (GPU)", "transformers")
-    gen_batch: int = doc("sequences decoded together (transformers backend)", 32)
-    max_new_tokens: int = doc("most tokens per response", 128)
+    backend: str = shared("backend", "transformers")
+    gen_batch: int = shared("gen_batch", 32)
+    max_new_tokens: int = shared("max_new_tokens", 128)
     temperature: float = doc("rollout sampling temperature", 1.0)
     top_p: float = doc("rollout nucleus mass", 1.0)
-    few_shot: bool = doc("prefix a one-line worked example to show the \\boxed{} format", False)
-    thinking: str = doc("chat template thinking switch: on, off or default", "default")
-    seed: int = doc("seed of data order, sampling and LoRA init", 0)
+    few_shot: bool = shared("few_shot", False)
+    thinking: str = shared("thinking", "default")
+    seed: int = shared("seed", 0)
     loss_agg: str = doc("token-mean, seq-mean-token-mean or seq-mean-token-sum", "token-mean")
     loss_chunk: int = doc("tokens per chunk of the output head in the loss", 1024)
     # GRPO
@@ -215,30 +255,6 @@ class TrainConfig:
     sample_every: int = doc("write rollouts to samples.jsonl every N steps", 1)
 
     def validate(self) -> None:
-        choices = {
-            "algo": ("grpo", "sdpo", "sft"),
-            "teacher": ("initial", "live", "ema"),
-            "backend": ("transformers", "vllm"),
-            "thinking": ("on", "off", "default"),
-            "loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"),
-            "distill_loss": ("topk-tail", "topk-renorm", "sampled-token", "full"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} = {getattr(self, name)!r}; expected one of {allowed}")
-        positive = (
-            "steps",
-            "prompts_per_step",
-            "rollouts_per_prompt",
-            "micro_batch",
-            "lora_r",
-            "gen_batch",
-            "max_new_tokens",
-            "loss_chunk",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")
         if self.prompts_per_update < 0 or (
             self.prompts_per_update and self.prompts_per_step % self.prompts_per_update
         ):
@@ -256,19 +272,17 @@ class TrainConfig:
 class ExperimentConfig:
     """What every experiment notebook shares: the policy, the run folder, evaluation."""
 
-    model: str = doc(
-        "policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id", DEFAULT_MODEL
-    )
-    dtype: str = doc("weights and compute precision: fp32 or bf16", "fp32")
-    device: str = doc("torch device", "cpu")
-    seed: int = doc("seed of problem choice, sampling and LoRA init", 0)
+    model: str = shared("model", DEFAULT_MODEL)
+    dtype: str = shared("dtype", "fp32")
+    device: str = shared("device", "cpu")
+    seed: int = shared("seed", 0)
     out: str = doc("run folder shared by the five notebooks; reruns resume", "runs/tiny/lab")
     preset: str = doc("preset name, shown in figure titles", "tiny")
-    few_shot: bool = doc("prefix a one-line worked example (tiny scale: teaches \\boxed{})", True)
-    thinking: str = doc("chat template thinking switch: on, off or default", "default")
-    gen_batch: int = doc("sequences decoded together", 32)
-    backend: str = doc("generation backend: transformers or vllm (GPU)", "transformers")
-    max_new_tokens: int = doc("most tokens per response", 128)
+    few_shot: bool = shared("few_shot", True)
+    thinking: str = shared("thinking", "default")
+    gen_batch: int = shared("gen_batch", 32)
+    backend: str = shared("backend", "transformers")
+    max_new_tokens: int = shared("max_new_tokens", 128)
     eval_data: list[str] = doc(
         "out-of-distribution evaluation sets", ["synthetic:multiplication:2:16"]
     )
@@ -278,13 +292,6 @@ class ExperimentConfig:
     eval_top_p: float = doc("evaluation nucleus mass (paper: 0.95)", 0.95)
 
     def validate(self) -> None:
-        if self.thinking not in ("on", "off", "default"):
-            raise ConfigError(f"thinking = {self.thinking!r}; expected on, off or default")
-        if self.backend not in ("transformers", "vllm"):
-            raise ConfigError(f"backend = {self.backend!r}; expected transformers or vllm")
-        for name in ("gen_batch", "max_new_tokens", "eval_k"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} = {getattr(self, name)!r}; expected an int >= 1")
         for name in ("train", "grpo", "sdpo"):
             if hasattr(self, name):
                 check_train_overrides(name, getattr(self, name))
@@ -317,6 +324,14 @@ class ContextConfig(ExperimentConfig):
         "all (the smoke model is never right)",
         True,
     )
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.band) != 2 or not 0 <= self.band[0] <= self.band[1] <= self.select_k:
+            raise ConfigError(
+                f"band = {self.band!r}; expected [low, high] with "
+                f"0 <= low <= high <= select_k = {self.select_k}"
+            )
 
 
 @dataclass

@@ -74,3 +74,12 @@ def test_cli_reports_bad_parameters_with_exit_2(capsys):
 def test_eval_config_defaults_are_valid():
     cfg = from_dict(EvalConfig, {})
     assert cfg.k >= 1 and cfg.data
+
+
+def test_context_band_must_fit_the_screening():
+    from sdlib.config import ContextConfig
+
+    with pytest.raises(ConfigError, match="band = \\[3, 9\\]"):
+        from_dict(ContextConfig, {"band": [3, 9], "select_k": 8})
+    with pytest.raises(ConfigError, match="band = \\[4, 1\\]"):
+        from_dict(ContextConfig, {"band": [4, 1]})

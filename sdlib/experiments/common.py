@@ -199,7 +199,7 @@ def run_eval(cfg: cfgmod.EvalConfig) -> EvalResult:
     if out is not None:
         cfgmod.save(cfg, out / "params.yaml")
     policy = load_policy(cfg.model, dtype=cfg.dtype, device=cfg.device, adapter=cfg.lora or None)
-    backend = TransformersBackend(policy.model, policy.tokenizer, batch_size=cfg.batch_size)
+    backend = TransformersBackend(policy.model, policy.tokenizer, batch_size=cfg.gen_batch)
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=cfg.seed)
     result = evaluate(
         backend,
