@@ -58,24 +58,22 @@ def step_seed(seed: int, step: int) -> int:
 
 def step_problems(problems: list[Problem], step: int, size: int, seed: int) -> list[Problem]:
     """The ``size`` problems of ``step``: consecutive slices of per-epoch shuffles."""
+    orders: dict[int, list[int]] = {}
     out = []
     for i in range(step * size, (step + 1) * size):
         epoch, pos = divmod(i, len(problems))
-        order = list(range(len(problems)))
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-        out.append(problems[order[pos]])
+        if epoch not in orders:
+            orders[epoch] = list(range(len(problems)))
+            random.Random(seed * 100_003 + epoch).shuffle(orders[epoch])
+        out.append(problems[orders[epoch][pos]])
     return out
-
-
-def user_turn(problem: Problem, cfg: cfgmod.TrainConfig) -> str:
-    return student_prompt(problem.question)
 
 
 def rollout_phase(policy, backend, problems, cfg, step, keys=None) -> StepBatch:
     """Phases 2-3: sample, grade, pack. ``keys``: the problems' positions in the step
     (they seed the samples; see ``TransformersBackend.generate``)."""
     tok = policy.tokenizer
-    users = [user_turn(p, cfg) for p in problems]
+    users = [student_prompt(p.question) for p in problems]
     texts = [chat(tok, u, THINKING[cfg.thinking], cfg.few_shot) for u in users]
     sampling = Sampling(
         cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=step_seed(cfg.seed, step)
