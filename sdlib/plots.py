@@ -54,8 +54,10 @@ def training_curves(frames: dict[str, pd.DataFrame], keys: list[str], subtitle: 
         ax.set_xlabel("training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(LABELS.get(key, key))
-        if ax is not axes[0][-1]:
-            ax.get_legend().remove()
+        handles, labels = ax.get_legend_handles_labels()
+        ax.get_legend().remove()
+    # one legend for all panels, beside them, so no line hides behind it
+    fig.legend(handles, labels, title="run", loc="center left", bbox_to_anchor=(1.0, 0.5))
     _title(fig, title, subtitle)
     fig.tight_layout()
     return fig
