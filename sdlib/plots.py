@@ -81,10 +81,12 @@ def accuracy_bars(table: pd.DataFrame, subtitle: str, title: str):
     long = table.reset_index(names="model").melt(
         id_vars="model", var_name="benchmark", value_name="accuracy"
     )
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
     sns.barplot(data=long, x="benchmark", y="accuracy", hue="model", ax=ax)
+    ax.tick_params(axis="x", rotation=10)
     ax.set_xlabel("evaluation set")
     ax.set_ylabel("accuracy (avg@k)")
+    sns.move_legend(ax, "center left", bbox_to_anchor=(1.0, 0.5))
     _title(fig, title, subtitle)
     fig.tight_layout()
     return fig
@@ -101,15 +103,19 @@ def coverage_lines(table: pd.DataFrame, subtitle: str):
     for ax, (col, label) in zip(axes, cols, strict=True):
         sns.lineplot(data=table, x="size", y=col, hue="algo", marker="o", ax=ax)
         if "base_" + col in table:
-            ax.axhline(
-                float(table["base_" + col].iloc[0]),
-                color="gray",
-                linestyle="--",
-                label="base model",
-            )
+            base = float(table["base_" + col].iloc[0])
+            ax.axhline(base, color="gray", linestyle="--", label="base model")
+            low, high = ax.get_ylim()  # keep the base line inside the panel
+            ax.set_ylim(min(low, base * 0.95), max(high, base * 1.05))
         ax.set_xscale("log", base=2)
+        sizes = sorted(table["size"].unique())
+        ax.set_xticks(sizes, labels=[str(s) for s in sizes])
         ax.set_xlabel("distinct training problems |D|")
         ax.set_ylabel(label)
+    handles, labels = axes[1].get_legend_handles_labels()  # the panel with the base line
+    for ax in axes:
+        ax.get_legend().remove()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _title(fig, "Task coverage: training score vs OOD accuracy", subtitle)
     fig.tight_layout()
     return fig
