@@ -89,7 +89,9 @@ def run(
         done.write_text(f"{time.perf_counter() - start:.1f} s\n")
         print(f"[sdlib run] {name}: {time.perf_counter() - start:.0f} s")
     report = write_report(root, names)
-    print(f"[sdlib run] report: {report}")
+    # the tables, in the terminal too (figures: see the report)
+    print("\n".join(x for x in report.read_text().splitlines() if not x.startswith("![")))
+    print(f"[sdlib run] report with figures: {report}")
     return root
 
 
