@@ -216,6 +216,20 @@ def test_grpo_advantages_and_clipping_on_a_hand_built_group(tmp_path):
     assert float(loss) == pytest.approx(expected, rel=1e-3)
 
 
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
+def test_first_update_ratio_is_one_at_the_rollout_temperature(tmp_path, temperature):
+    # the sampler records log softmax(logits / T); the loss must score the same
+    # distribution, or the ratio starts away from 1 and clipping bites before any update
+    cfg = cfg_for(tmp_path, algo="grpo", dtype="fp64", temperature=temperature)
+    policy, sb = step_batch(cfg, [1, 0, 1, 0, 1, 0, 1, 0])
+    algo = GRPO(cfg, policy)
+    algo.prepare(sb)
+    norm = loss_normalizer(sb.student.loss_mask, "token-mean")
+    _, stats = algo.micro_loss(policy.model, sb, torch.arange(8), norm)
+    assert float(stats["train/ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(stats["train/clip_frac"]) == 0.0
+
+
 @pytest.mark.parametrize("algo", ["sdpo", "grpo"])
 def test_metrics_rows_carry_exactly_the_documented_keys(tmp_path, monkeypatch, algo):
     monkeypatch.setattr(onpolicy, "grade_response", parity_grader)

@@ -85,6 +85,13 @@ def head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return lm_head.weight, getattr(lm_head, "bias", None)
 
 
+def score_temperature(cfg) -> float:
+    """The temperature the losses score tokens at: the rollouts'. The sampler records
+    log softmax(logits / T) as pi_old, so the trainer's pi must be tempered the same way
+    for the ratio pi / pi_old to start at 1 (greedy rollouts, T = 0: untempered)."""
+    return cfg.temperature if cfg.temperature > 0 else 1.0
+
+
 def selected(model, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states and targets at the loss positions: [N, H], [N]."""
     h = hidden_states(model, batch)
