@@ -8,7 +8,7 @@ PRESET  ?= tiny
 # torch's OpenMP threads spin while they wait; on a shared 2-core machine that costs 7-10x
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test test-all demo lab bench lint format clean
+.PHONY: setup test test-all demo lab bench bench-trl lint format clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ bench: setup
 	$(BIN)/python bench/loss_memory.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/step.py
+
+# sdlib against TRL (the dev/bench extra installs trl 1.16.0): ~25 min on 2 cores
+bench-trl: setup
+	$(BIN)/python bench/vs_trl.py
 
 lint: setup
 	$(BIN)/ruff check sdlib tests bench

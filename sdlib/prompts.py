@@ -96,24 +96,25 @@ def without_thinking(solution: str) -> str:
     return (boxed or lines or [""])[-1].strip()
 
 
+def chat_messages(user: str, few_shot: bool = False) -> list[dict]:
+    """One user turn as chat messages, after the ``FEW_SHOT`` exchange when ``few_shot``
+    (tiny preset; the paper uses none)."""
+    shot = [
+        {"role": "user", "content": student_prompt(FEW_SHOT[0])},
+        {"role": "assistant", "content": FEW_SHOT[1]},
+    ]
+    return [*(shot if few_shot else []), {"role": "user", "content": user}]
+
+
 def chat(tokenizer, user: str, thinking: bool | None = None, few_shot: bool = False) -> str:
     """Render one user turn with the model's chat template, ready for the assistant's reply.
 
     ``thinking`` is passed to templates that have a switch (Qwen3 ``enable_thinking``);
-    ``None`` leaves the template's default. ``few_shot`` puts the ``FEW_SHOT`` exchange
-    first (tiny preset; the paper uses none). Returns text; tokenise it without adding
-    special tokens again.
+    ``None`` leaves the template's default. ``few_shot``: see ``chat_messages``. Returns
+    text; tokenise it without adding special tokens again.
     """
     kwargs = {} if thinking is None else {"enable_thinking": thinking}
-    shot = (
-        [
-            {"role": "user", "content": student_prompt(FEW_SHOT[0])},
-            {"role": "assistant", "content": FEW_SHOT[1]},
-        ]
-        if few_shot
-        else []
-    )
-    messages = [*shot, {"role": "user", "content": user}]
+    messages = chat_messages(user, few_shot)
     if getattr(tokenizer, "chat_template", None) is None:
         return "".join(f"{m['content']}\n" for m in messages)
     return tokenizer.apply_chat_template(

@@ -85,7 +85,12 @@ def rollout_phase(policy, backend, problems, cfg, step, keys=None) -> StepBatch:
             for t, i in zip(ro.text, ro.prompt_index, strict=True)
         ]
     )
-    student = core.pack(ro.prompt_ids, ro.token_ids, tok.pad_token_id)
+    return make_step_batch(problems, users, ro, rewards, tok.pad_token_id)
+
+
+def make_step_batch(problems, users, ro: Rollouts, rewards, pad_id: int) -> StepBatch:
+    """Pack graded rollouts for phases 4-5 (every sample active until ``prepare``)."""
+    student = core.pack(ro.prompt_ids, ro.token_ids, pad_id)
     logp_old = torch.zeros(student.loss_mask.shape)
     logp_old[student.loss_mask] = torch.tensor([x for lp in ro.logprobs for x in lp])
     return StepBatch(
