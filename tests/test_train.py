@@ -291,3 +291,20 @@ def test_resume_refuses_other_parameters(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="lr"):
         train(cfg_for(tmp_path, algo="grpo", steps=2, lr=0.5))
     shutil.rmtree(tmp_path / "run")
+
+
+def test_training_runs_are_keyed_by_the_code_revision(tmp_path, monkeypatch):
+    # a run folder trained by code whose arithmetic has since changed is not reused
+    import types
+
+    import sdlib.train as train_pkg
+    from sdlib.experiments.common import run_training
+
+    monkeypatch.setattr(train_pkg, "train", lambda cfg: cfg.out)
+    experiment = types.SimpleNamespace(out=str(tmp_path))
+    tcfg = cfg_for(tmp_path, algo="grpo")
+    first = run_training(experiment, tcfg)
+    assert run_training(experiment, tcfg) == first
+    assert run_training(experiment, cfg_for(tmp_path, algo="grpo", lr=0.5)) != first
+    monkeypatch.setattr(train_pkg, "REVISION", train_pkg.REVISION + 1)
+    assert run_training(experiment, tcfg) != first

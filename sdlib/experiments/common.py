@@ -134,13 +134,16 @@ def train_config(cfg, algo: str, data: list[str], *overrides: dict) -> cfgmod.Tr
 def run_training(cfg, tcfg: cfgmod.TrainConfig):
     """Train (or resume, or find finished) ``tcfg`` in ``<out>/train/<algo>-<hash>``: one
     folder per distinct configuration, whichever notebook asks for it."""
-    from sdlib.train import train
+    from sdlib.train import REVISION, train
 
     key = digest(
         {
-            k: v
-            for k, v in dataclasses.asdict(tcfg).items()
-            if k not in ("out", "save_every", "sample_every")
+            "revision": REVISION,
+            **{
+                k: v
+                for k, v in dataclasses.asdict(tcfg).items()
+                if k not in ("out", "save_every", "sample_every")
+            },
         }
     )
     tcfg = dataclasses.replace(tcfg, out=str(Path(cfg.out) / "train" / f"{tcfg.algo}-{key}"))

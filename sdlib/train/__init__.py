@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Bumped whenever an update's arithmetic changes, so that content-addressed runs
+# (experiments/common.py) trained by older code are not found and reused as if current.
+# 2: tokens scored at the rollout temperature.
+REVISION = 2
+
 
 def train(cfg):
     """Run (or resume) the training run ``cfg`` describes; returns its RunDir."""
