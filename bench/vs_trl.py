@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -81,7 +82,6 @@ from sdlib.train.sdpo import SDPO
 
 ALGOS = {"grpo": GRPO, "sdpo": SDPO}
 FRAMEWORKS = ("sdlib", "trl")
-TRL_VERSION = "1.16.0"
 CONVENTIONS = {
     "sdpo": "TRL aggregates seq-mean-token-mean; the paper and sdlib default: token-mean",
     "grpo": "TRL dapo = token-mean over the generation batch, as sdlib",
@@ -348,8 +348,7 @@ def cross_check(args, batch_path: Path) -> list[dict]:
                 "TRL grad norm": trl_norm,
                 "grad rel. diff": abs(ours_norm - trl_norm) / max(trl_norm, 1e-30),
                 "prompts equal": same,
-                "sdlib token-mean loss": figures.get("token-mean", (ours_loss,))[0],
-                "convention": CONVENTIONS[algo],
+                "sdlib token-mean loss": figures["token-mean"][0],
             }
         )
         del trainer, policy
@@ -586,7 +585,7 @@ def timing_table(results: list[dict]) -> str:
             rows.append(
                 [
                     algo.upper(),
-                    "sdlib" if f == "sdlib" else f"TRL {TRL_VERSION}",
+                    "sdlib" if f == "sdlib" else f"TRL {version('trl')}",
                     f"{median([r['step_s'] for r in rs]):.2f}",
                     f"{median([r['step_tokens'] / r['step_s'] for r in rs]):.0f}",
                     f"{median([r['rollout_s'] for r in rs]):.2f}",

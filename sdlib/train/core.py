@@ -85,11 +85,14 @@ def head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return lm_head.weight, getattr(lm_head, "bias", None)
 
 
-def score_temperature(cfg) -> float:
-    """The temperature the losses score tokens at: the rollouts'. The sampler records
-    log softmax(logits / T) as pi_old, so the trainer's pi must be tempered the same way
-    for the ratio pi / pi_old to start at 1 (greedy rollouts, T = 0: untempered)."""
-    return cfg.temperature if cfg.temperature > 0 else 1.0
+def head_options(cfg) -> dict:
+    """How the losses apply the output head: ``loss_chunk`` tokens at a time, scoring at the
+    rollout temperature. The sampler records log softmax(logits / T) as pi_old, so pi must
+    be tempered the same way for pi / pi_old to start at 1 (greedy, T = 0: untempered)."""
+    return {
+        "temperature": cfg.temperature if cfg.temperature > 0 else 1.0,
+        "chunk_size": cfg.loss_chunk,
+    }
 
 
 def selected(model, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,14 +46,7 @@ class GRPO:
         h, tokens = core.selected(model, batch)
         weight, bias = core.head(model)
         st = student_head_stats(
-            h,
-            weight,
-            tokens,
-            k=1,
-            bias=bias,
-            temperature=core.score_temperature(cfg),
-            chunk_size=cfg.loss_chunk,
-            with_entropy=True,
+            h, weight, tokens, k=1, bias=bias, with_entropy=True, **core.head_options(cfg)
         )
         logp = scatter_tokens(st.token_logp, mask)
         entropy = scatter_tokens(st.entropy, mask)
@@ -85,13 +78,7 @@ class GRPO:
         with torch.no_grad(), initial_policy(model):
             h_ref, _ = core.selected(model, batch)
             ref = teacher_head_stats(
-                h_ref,
-                weight,
-                tokens,
-                st.topk_index,
-                bias=bias,
-                temperature=core.score_temperature(self.cfg),
-                chunk_size=self.cfg.loss_chunk,
+                h_ref, weight, tokens, st.topk_index, bias=bias, **core.head_options(self.cfg)
             ).token_logp
         d = ref - st.token_logp
         return d.exp() - d - 1

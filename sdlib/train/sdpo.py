@@ -103,14 +103,7 @@ class SDPO:
         weight, bias = core.head(model)
         k = None if cfg.distill_loss == "full" or cfg.topk == 0 else cfg.topk
         st = student_head_stats(
-            h,
-            weight,
-            tokens,
-            k,
-            bias=bias,
-            temperature=core.score_temperature(cfg),
-            chunk_size=cfg.loss_chunk,
-            with_entropy=True,
+            h, weight, tokens, k, bias=bias, with_entropy=True, **core.head_options(cfg)
         )
         tt = self.teacher_stats(model, sb.extra["teacher"].rows(rows).to(device), st, weight, bias)
         name = "topk-renorm" if k is None else cfg.distill_loss
@@ -137,13 +130,7 @@ class SDPO:
         with torch.no_grad(), self.teacher_view(model):
             h, tokens = core.selected(model, batch)
             out = teacher_head_stats(
-                h,
-                weight,
-                tokens,
-                st.topk_index,
-                bias=bias,
-                temperature=core.score_temperature(self.cfg),
-                chunk_size=self.cfg.loss_chunk,
+                h, weight, tokens, st.topk_index, bias=bias, **core.head_options(self.cfg)
             )
         self.teacher_seconds += time.perf_counter() - start
         return out
