@@ -34,9 +34,10 @@ import pandas as pd
 import torch
 
 from sdlib.evaluate import evaluate
-from sdlib.models import DEFAULT_MODEL, load_policy
+from sdlib.models import load_policy
 from sdlib.problems import Problem
 from sdlib.rollout import Sampling, TransformersBackend
+from sdlib.settings import DEFAULT_MODEL
 from sdlib.synthetic import FAMILIES, LEVELS, generate
 
 MODES = {"on": ("fewshot",), "off": ("plain",), "both": ("plain", "fewshot")}

@@ -34,9 +34,10 @@ from _common import (
 )
 
 from sdlib import synthetic
-from sdlib.models import DEFAULT_MODEL, LoraSpec, load_policy
+from sdlib.models import LoraSpec, load_policy
 from sdlib.prompts import chat, student_prompt
 from sdlib.rollout import Sampling, TransformersBackend
+from sdlib.settings import DEFAULT_MODEL
 
 PLAIN = "plain"
 

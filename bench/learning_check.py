@@ -20,14 +20,9 @@ from pathlib import Path
 from _common import add_threads_option, apply_threads, markdown_table
 
 from sdlib.config import CoverageConfig, from_dict
-from sdlib.experiments.common import (
-    final_adapter,
-    load_benchmarks,
-    metrics_frame,
-    run_evaluation,
-    run_training,
-    train_config,
-)
+from sdlib.datasets import load_benchmarks
+from sdlib.experiments import training
+from sdlib.experiments.evaluation import evaluate_policy
 
 
 def parse_args(argv=None):
@@ -79,12 +74,14 @@ def main(argv=None) -> None:
         "save_every": args.steps,
     }
     start = time.perf_counter()
-    before = run_evaluation(cfg, "base", held_out).samples["correct"].mean()
+    before = evaluate_policy(cfg, "base", held_out).samples["correct"].mean()
     rows = []
     for algo in ("grpo", "sdpo"):
-        run = run_training(cfg, train_config(cfg, algo, ["synthetic:word_problem:1:64"], train))
-        m = metrics_frame(run)
-        after = run_evaluation(cfg, f"{algo}-final", held_out, adapter=final_adapter(run))
+        run = training.train(
+            cfg, training.config(cfg, algo, ["synthetic:word_problem:1:64"], train)
+        )
+        m = training.metrics(run)
+        after = evaluate_policy(cfg, f"{algo}-final", held_out, adapter=training.final_adapter(run))
         half = max(1, len(m) // 2)
         rows.append(
             [

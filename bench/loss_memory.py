@@ -29,6 +29,7 @@ import time
 import torch
 
 from sdlib import losses
+from sdlib.head import Head
 
 NAIVE_BUFFERS = 6.2  # measured on CPU: naive peak ~ 6.1 x T x V x 4 bytes (fp32 logits, grads)
 MIB = 2**20
@@ -65,9 +66,8 @@ def make_inputs(args, vocab: int, tokens: int):
 def loss_step(inputs, chunk: int | None, k: int) -> None:
     """Forward and backward of the paper's SDPO loss (top-k + tail, alpha 0.5, IS clip 2)."""
     hidden, t_hidden, weight, ids, old = inputs
-    student = losses.student_head_stats(hidden, weight, ids, k, chunk_size=chunk)
-    teacher = losses.teacher_head_stats(t_hidden, weight, ids, student.topk_index, chunk_size=chunk)
-    per_token = losses.sdpo_token_loss(student, teacher, old, alpha=0.5, is_clip=2.0)
+    head = Head(weight, chunk_size=chunk)
+    per_token, _, _ = losses.sdpo_token_loss(hidden, t_hidden, head, ids, old, k=k)
     per_token.mean().backward()
     hidden.grad = weight.grad = None
 

@@ -49,8 +49,9 @@ from _common import (
 
 from sdlib import synthetic
 from sdlib.config import TrainConfig, from_dict
-from sdlib.models import DEFAULT_MODEL, resolve_dtype
-from sdlib.train import core, onpolicy
+from sdlib.models import resolve_dtype
+from sdlib.settings import DEFAULT_MODEL
+from sdlib.train import core, loop, onpolicy
 from sdlib.train.grpo import GRPO
 from sdlib.train.sdpo import SDPO
 
@@ -125,7 +126,7 @@ def weight_counts(model) -> dict[str, int]:
         if p.ndim == 2 and not p.requires_grad and "embed_tokens" not in n
     )
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"P": frozen, "L": lora, "E": core.head(model)[0].numel()}
+    return {"P": frozen, "L": lora, "E": core.unwrap(model).get_output_embeddings().weight.numel()}
 
 
 def flop_estimate(w: dict, sb) -> dict[str, float]:
@@ -165,7 +166,7 @@ def measure(policy, backend, problems, initial, name, cfg, step, device) -> dict
     update_base = reset_peak(device)
     t2 = clock(device)
     algo.prepare(sb)
-    stats = onpolicy.update_phase(algo, policy.model, sb, opt, sched, cfg)
+    stats = loop.update_phase(algo, policy.model, sb, opt, sched, cfg)
     t3 = clock(device)
     update_peak = peak_bytes(device)
     flops = flop_estimate(weight_counts(policy.model), sb)
@@ -228,9 +229,9 @@ def main(argv=None) -> None:
     apply_threads(args.threads)
     cfgs = {name: make_config(args, name) for name in args.algos}
     cfg = cfgs[args.algos[0]]
-    policy = onpolicy.load_training_policy(cfg)
+    policy = core.load_training_policy(cfg)
     backend = onpolicy.make_backend(cfg, policy)
-    initial = core.trainable_state(policy.model)
+    initial = loop.trainable_state(policy.model)
     problems = synthetic.generate("addition", 1, 16, cfg.seed)
     for name in args.algos:  # first calls pay one-time costs (allocator, lazy init): not timed
         tiny = dataclasses.replace(
@@ -246,7 +247,7 @@ def main(argv=None) -> None:
     for repeat in range(args.repeats):
         for dtype in peaks:
             peaks[dtype] = max(peaks[dtype], matmul_gflops(dtype, args.device, args.matmul_size))
-        batch = onpolicy.step_problems(problems, repeat, args.prompts, cfg.seed)
+        batch = core.step_items(problems, repeat, args.prompts, cfg.seed)
         for name in args.algos:
             m = measure(policy, backend, batch, initial, name, cfgs[name], repeat, args.device)
             accumulate(totals.setdefault(name, {}), m)

@@ -72,11 +72,11 @@ from _common import (
 )
 
 from sdlib.config import TrainConfig, from_dict
-from sdlib.models import DEFAULT_MODEL
-from sdlib.problems import load_problems
+from sdlib.datasets import load_problems
 from sdlib.prompts import chat, chat_messages, student_prompt
 from sdlib.rollout import Rollouts, Sampling, TransformersBackend
-from sdlib.train import core, onpolicy
+from sdlib.settings import DEFAULT_MODEL
+from sdlib.train import core, loop, onpolicy
 from sdlib.train.grpo import GRPO
 from sdlib.train.sdpo import SDPO
 
@@ -251,7 +251,7 @@ def trl_trainer(args, algo: str, policy, *, per_device: int, accumulation: int, 
 def make_fixed_batch(args, path: Path) -> None:
     """Rollouts of the initial policy at temperature 1, written as JSON."""
     cfg = sdlib_config(args, "grpo", args.dtype)
-    policy = onpolicy.load_training_policy(cfg)
+    policy = core.load_training_policy(cfg)
     backend = TransformersBackend(policy.model, policy.tokenizer, cfg.gen_batch, progress=False)
     sampling = Sampling(args.max_new_tokens, 1.0, 1.0, seed=args.seed + 1)
     tok = policy.tokenizer
@@ -325,14 +325,14 @@ def cross_check(args, batch_path: Path) -> list[dict]:
             grad_clip=0.0,
             loss_agg="seq-mean-token-mean" if algo == "sdpo" else "token-mean",
         )
-        policy = onpolicy.load_training_policy(cfg)
+        policy = core.load_training_policy(cfg)
         perturb_lora(policy.model, args.seed)
         figures = {}
         for agg in (cfg.loss_agg, "token-mean") if algo == "sdpo" else (cfg.loss_agg,):
             sb = load_step_batch(args, batch_path, policy.tokenizer)
             figures[agg] = sdlib_loss(dataclasses.replace(cfg, loss_agg=agg), policy, sb)
         sb = load_step_batch(args, batch_path, policy.tokenizer)
-        ALGOS[algo](cfg, policy).prepare(sb)
+        ALGOS[algo](cfg, policy, []).prepare(sb)
         with tempfile.TemporaryDirectory() as out:
             n = args.prompts * args.rollouts
             trainer = trl_trainer(args, algo, policy, per_device=n, accumulation=1, out=out)
@@ -366,12 +366,12 @@ def perturb_lora(model, seed: int, scale: float = 0.02) -> None:
 
 def sdlib_loss(cfg, policy, sb) -> tuple[float, float]:
     """``update_phase`` with one micro-batch, no clipping and no optimizer step."""
-    algo = ALGOS[cfg.algo](cfg, policy)
+    algo = ALGOS[cfg.algo](cfg, policy, [])
     algo.prepare(sb)
     opt, sched = core.make_optimizer(policy.model, cfg)
     opt.step = lambda: None  # keep the weights: figures only
     policy.model.zero_grad(set_to_none=True)
-    stats = onpolicy.update_phase(algo, policy.model, sb, opt, sched, cfg)
+    stats = loop.update_phase(algo, policy.model, sb, opt, sched, cfg)
     policy.model.zero_grad(set_to_none=True)
     return stats["train/loss"], stats["train/grad_norm"]
 
@@ -412,7 +412,7 @@ def run_worker(args) -> dict:
     apply_threads(args.threads)
     device = args.device
     cfg = sdlib_config(args, algo, args.dtype)
-    policy = onpolicy.load_training_policy(cfg)
+    policy = core.load_training_policy(cfg)
     process_peak = peak_bytes(device)
     run = sdlib_run if framework == "sdlib" else trl_run
     result = run(args, algo, cfg, policy, Path(args.batch))
@@ -421,18 +421,18 @@ def run_worker(args) -> dict:
 
 
 def sdlib_run(args, algo, cfg, policy, batch_path) -> dict:
-    algo_obj = ALGOS[algo](cfg, policy)
+    algo_obj = ALGOS[algo](cfg, policy, [])
     backend = onpolicy.make_backend(cfg, policy)
     problems = problems_of(args)
     opt, sched = core.make_optimizer(policy.model, cfg)
     for step in (0, 1):  # step 0: warm-up
         t0 = clock(args.device)
-        batch = onpolicy.step_problems(problems, step, args.prompts, cfg.seed)
+        batch = core.step_items(problems, step, args.prompts, cfg.seed)
         sb = onpolicy.rollout_phase(policy, backend, batch, cfg, step)
         sb.rewards = torch.tensor(forced_rewards(len(sb.rollouts)))
         t1 = clock(args.device)
         algo_obj.prepare(sb)
-        onpolicy.update_phase(algo_obj, policy.model, sb, opt, sched, cfg)
+        loop.update_phase(algo_obj, policy.model, sb, opt, sched, cfg)
         t2 = clock(args.device)
     hwm = peak_bytes(args.device)  # nothing was reset yet: the whole process so far
     step = {
@@ -444,7 +444,7 @@ def sdlib_run(args, algo, cfg, policy, batch_path) -> dict:
     algo_obj.prepare(sb)
     base = reset_peak(args.device)
     t0 = clock(args.device)
-    onpolicy.update_phase(algo_obj, policy.model, sb, opt, sched, cfg)
+    loop.update_phase(algo_obj, policy.model, sb, opt, sched, cfg)
     update_s = clock(args.device) - t0
     peak = peak_bytes(args.device)
     return {
@@ -503,7 +503,7 @@ def trl_run(args, algo, cfg, policy, batch_path) -> dict:
         hwm = peak_bytes(device)  # nothing was reset yet: the whole process so far
         sb = load_step_batch(args, batch_path, policy.tokenizer)
         if algo == "grpo":
-            GRPO(cfg, policy).prepare(sb)  # the advantages
+            GRPO(cfg, policy, []).prepare(sb)  # the advantages
         inputs = trl_inputs(trainer, sb, algo, policy.device, with_old=False)
         base = reset_peak(device)
         t0 = clock(device)

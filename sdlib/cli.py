@@ -1,4 +1,4 @@
-"""``sdlib eval|train|run|demo``: every option comes from a schema in ``sdlib.config``."""
+"""``sdlib eval|train|run``: every option comes from a schema in ``sdlib.config``."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("eval", help="evaluate a policy on problem sets"), cfgmod.EvalConfig
     )
     train = sub.add_parser("train", help="train a LoRA policy: sft, grpo or sdpo")
-    train.add_argument("algo", choices=["sft", "grpo", "sdpo"])
+    algo = next(f for f in dataclasses.fields(cfgmod.TrainConfig) if f.name == "algo")
+    train.add_argument("algo", metavar="ALGO", help=algo.metadata["help"])
     add_schema_args(train, cfgmod.TrainConfig, skip={"algo"})
     run = sub.add_parser("run", help="execute experiment notebooks through papermill")
     run.add_argument(
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "eval":
-            from sdlib.experiments.common import run_eval
+            from sdlib.evaluate import run_eval
 
             run_eval(schema_from_args(cfgmod.EvalConfig, args))
         elif args.command == "train":

@@ -1,42 +1,31 @@
-"""Typed parameter schemas, validated before any work starts.
+"""sdlib's parameter schemas, validated before any work starts.
 
 Each schema is a dataclass whose fields carry their one-line documentation (``doc(...)``);
 the CLI's ``--help``, the YAML presets and the notebooks' parameters all come from here.
 A preset is a plain YAML mapping of field names to values; ``load`` rejects unknown keys and
-values of the wrong type with a message that names the field, the value and what is expected.
+values of the wrong type or range with a message that names the field, the value and what is
+allowed (the machinery is ``sdlib.schema``). Every value a schema can check without loading
+a model is checked here; the few that depend on the model (its vocabulary and context
+length) are checked by ``sdlib.models.check_limits`` before its weights load.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+import functools
+import re
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from sdlib.prompts import THINKING
+from sdlib.schema import ConfigError, doc, from_dict, load, parse_override, save
+from sdlib.settings import DEFAULT_MODEL
 
-from sdlib.models import DEFAULT_MODEL
-
-
-class ConfigError(ValueError):
-    """A parameter is unknown or has a value of the wrong type or range."""
-
-
-def doc(help: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
-    """A dataclass field with its documentation attached (lists get a factory)."""
-    if isinstance(default, list | dict):
-        kwargs["default_factory"] = lambda d=default: type(d)(d)
-    elif default is not dataclasses.MISSING:
-        kwargs["default"] = default
-    return field(metadata={"help": help}, **kwargs)
-
+__all__ = ["ConfigError", "doc", "from_dict", "load", "parse_override", "save"]
 
 # Fields several schemas share: each documented once, here; ``shared(name, default)``.
 SHARED_HELP = {
-    "model": "policy spec: bundled:NAME, tiny-random:LxH, local folder or Hub id",
+    "model": "policy spec: bundled:NAME, organism[:NAME], tiny-random:LxH, local folder or Hub id",
     "dtype": "weights and compute precision, set at load time: fp32, bf16 (fp64 for tests)",
     "device": "torch device: cpu, cuda, cuda:1 ...",
     "seed": "seed of problem order, sampling and LoRA init",
@@ -54,38 +43,118 @@ def shared(name: str, default: Any) -> Any:
     return doc(SHARED_HELP[name], default)
 
 
-# Allowed values, by field name, for every schema that has the field.
-CHOICES = {
-    "algo": ("grpo", "sdpo", "sft"),
-    "teacher": ("initial", "live", "ema"),
-    "backend": ("transformers", "vllm"),
-    "thinking": ("on", "off", "default"),
-    "loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"),
-    "distill_loss": ("topk-tail", "topk-renorm", "sampled-token", "full"),
+@functools.cache
+def choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values, by field name, of every field that picks an implementation: the keys
+    of the registry that holds the implementations. Read when a schema is validated, not
+    when this module is imported, so importing config stays light (no torch)."""
+    from sdlib.losses import AGGREGATIONS, DISTILLATION_LOSSES
+    from sdlib.models import DTYPES, TEACHERS
+    from sdlib.rollout import BACKENDS
+    from sdlib.train import ALGORITHMS, LOGGERS
+
+    return {
+        "algo": tuple(ALGORITHMS),
+        "teacher": tuple(TEACHERS),
+        "backend": tuple(BACKENDS),
+        "thinking": tuple(THINKING),
+        "dtype": tuple(DTYPES),
+        "loss_agg": tuple(AGGREGATIONS),
+        "distill_loss": tuple(DISTILLATION_LOSSES),
+        "log_to": tuple(LOGGERS),
+    }
+
+
+def _range(low=None, high=None, *, low_open=False, high_open=False, zero=False):
+    """(test, description) of a numeric range; ``zero`` also allows exactly 0 (= off)."""
+
+    def test(v):
+        inside = (low is None or (v > low if low_open else v >= low)) and (
+            high is None or (v < high if high_open else v <= high)
+        )
+        return inside or (zero and v == 0)
+
+    lo = "" if low is None else f"{'(' if low_open else '['}{low}"
+    hi = "" if high is None else f"{high}{')' if high_open else ']'}"
+    text = f"in {lo or '(-inf'}, {hi or 'inf)'}" + (" or 0 (off)" if zero else "")
+    return test, text
+
+
+_COUNT = _range(1)
+_NON_NEGATIVE = _range(0)
+_UNIT = _range(0, 1)
+# Numeric ranges, by field name, for every schema that has the field.
+RANGES = {
+    **dict.fromkeys(
+        (
+            "k",
+            "eval_k",
+            "steps",
+            "prompts_per_step",
+            "rollouts_per_prompt",
+            "micro_batch",
+            "lora_r",
+            "lora_alpha",
+            "gen_batch",
+            "max_new_tokens",
+            "loss_chunk",
+            "save_every",
+            "epochs",
+            "select_k",
+            "max_problems",
+            "samples",
+        ),
+        _COUNT,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "limit",
+            "eval_limit",
+            "pool_limit",
+            "prompts_per_update",
+            "warmup_steps",
+            "sample_every",
+            "seed",
+            "weight_decay",
+            "grad_clip",
+            "entropy_coef",
+            "kl_coef",
+            "temperature",
+            "eval_temperature",
+            "topk",
+            "eps_high",
+        ),
+        _NON_NEGATIVE,
+    ),  # fmt: skip
+    **dict.fromkeys(("alpha", "ema_rate", "success_threshold"), _UNIT),
+    "top_p": _range(0, 1, low_open=True),
+    "eval_top_p": _range(0, 1, low_open=True),
+    "lr": _range(0, low_open=True),
+    "lora_dropout": _range(0, 1, high_open=True),
+    "eps_low": _range(0, 1, high_open=True),
+    "is_clip": _range(0, low_open=True, zero=True),
+    "dual_clip": _range(1, low_open=True, zero=True),
 }
-# Fields that count something and must be at least 1, by field name.
-POSITIVE = (
-    "k",
-    "eval_k",
-    "steps",
-    "prompts_per_step",
-    "rollouts_per_prompt",
-    "micro_batch",
-    "lora_r",
-    "gen_batch",
-    "max_new_tokens",
-    "loss_chunk",
-)
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 
 def check_values(cfg) -> None:
-    """Raise ConfigError for the first field outside ``CHOICES`` or below 1 (``POSITIVE``)."""
-    for name, allowed in CHOICES.items():
-        if hasattr(cfg, name) and getattr(cfg, name) not in allowed:
-            raise ConfigError(f"{name} = {getattr(cfg, name)!r}; expected one of {allowed}")
-    for name in POSITIVE:
-        if hasattr(cfg, name) and getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} = {getattr(cfg, name)!r}; expected an int >= 1")
+    """Raise ConfigError for the first field outside its choices or its range."""
+    for name, allowed in choices().items():
+        if not hasattr(cfg, name):
+            continue
+        value = getattr(cfg, name)
+        for v in value if isinstance(value, list) else [value]:
+            if v not in allowed:
+                raise ConfigError(f"{name} = {value!r}; expected one of {list(allowed)}")
+    for name, (test, allowed) in RANGES.items():
+        if hasattr(cfg, name) and not test(getattr(cfg, name)):
+            raise ConfigError(f"{name} = {getattr(cfg, name)!r}; expected a number {allowed}")
+    if hasattr(cfg, "device") and not _DEVICE.fullmatch(cfg.device):
+        raise ConfigError(f"device = {cfg.device!r}; expected cpu, cuda, cuda:N or mps")
+    for name in ("data", "eval_data"):
+        if hasattr(cfg, name) and not getattr(cfg, name):
+            raise ConfigError(f"{name} = []; expected at least one problem set")
 
 
 @dataclass
@@ -112,77 +181,8 @@ class EvalConfig:
     few_shot: bool = shared("few_shot", False)
     out: str = doc("output folder (resumes when it holds samples.jsonl); empty = none", "")
 
-
-def _expected(tp) -> tuple[type, ...]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return tuple(t for a in typing.get_args(tp) for t in _expected(a))
-    if tp is float:
-        return (float, int)
-    if tp is type(None):
-        return (type(None),)
-    return (origin or tp,)
-
-
-def check_types(cfg) -> None:
-    """Raise ConfigError for the first field whose value does not match its annotation."""
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value, tp = getattr(cfg, f.name), hints[f.name]
-        ok = _expected(tp)
-        bad = not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok)
-        if not bad and typing.get_origin(tp) is list:
-            (item,) = typing.get_args(tp)
-            bad = not all(isinstance(v, _expected(item)) for v in value)
-        if bad:
-            name = getattr(tp, "__name__", str(tp))
-            raise ConfigError(
-                f"{type(cfg).__name__}.{f.name} = {value!r} "
-                f"({type(value).__name__}); expected {name}: {f.metadata.get('help')}"
-            )
-
-
-def from_dict(cls, values: dict[str, Any]):
-    """Build and type-check ``cls`` from a mapping; unknown keys are errors with suggestions."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in names:
-            near = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(names)}"
-            raise ConfigError(f"unknown parameter {key!r} for {cls.__name__}{hint}")
-    cfg = cls(**values)
-    check_types(cfg)
-    check_values(cfg)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as YAML (so 3 is an int, [a, b] a list)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} must look like key=value")
-    return key.strip(), yaml.safe_load(raw)
-
-
-def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None):
-    """Defaults <- YAML file <- overrides, then validated."""
-    values: dict[str, Any] = {}
-    if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of parameter: value, got {type(loaded)}")
-        values.update(loaded)
-    values.update(overrides or {})
-    return from_dict(cls, values)
-
-
-def save(cfg, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    return path
+    def validate(self) -> None:
+        check_values(self)
 
 
 @dataclass
@@ -235,8 +235,12 @@ class TrainConfig:
     kl_coef: float = doc("GRPO: weight of KL(policy || initial) per token (k3); 0 = off", 0.0)
     # SDPO
     alpha: float = doc("generalized JSD: 0 forward KL, 1 reverse KL, 0.5 JSD", 0.5)
-    topk: int = doc("student top-k tokens in the distillation loss; 0 = full vocabulary", 100)
-    distill_loss: str = doc("topk-tail, topk-renorm, sampled-token or full", "topk-tail")
+    topk: int = doc("student top-k tokens of the topk-* distillation losses", 100)
+    distill_loss: str = doc(
+        "topk-tail (top-k + tail bucket), topk-renorm, sampled-token (alpha 1) or full "
+        "(whole vocabulary, chunked)",
+        "topk-tail",
+    )
     is_clip: float = doc("clip of the detached per-token ratio pi / pi_old; 0 = no weight", 2.0)
     teacher: str = doc("initial (adapter off, the frozen start), live or ema", "initial")
     ema_rate: float = doc("EMA teacher update rate per optimizer update", 0.05)
@@ -252,20 +256,35 @@ class TrainConfig:
     epochs: int = doc("SFT passes over the data (steps caps it)", 1)
     # run management
     save_every: int = doc("checkpoint every N steps (and at the end)", 5)
-    sample_every: int = doc("write rollouts to samples.jsonl every N steps", 1)
+    sample_every: int = doc("write rollouts to samples.jsonl every N steps; 0 = never", 1)
+    log_to: list[str] = doc(
+        "also stream the metrics to: tensorboard, wandb (offline unless WANDB_MODE is set)", []
+    )
 
     def validate(self) -> None:
-        if self.prompts_per_update < 0 or (
-            self.prompts_per_update and self.prompts_per_step % self.prompts_per_update
-        ):
+        check_values(self)
+        if self.prompts_per_update and self.prompts_per_step % self.prompts_per_update:
             raise ConfigError(
                 f"prompts_per_step = {self.prompts_per_step} is not a multiple of "
                 f"prompts_per_update = {self.prompts_per_update}"
             )
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"alpha = {self.alpha!r}; expected a number in [0, 1]")
-        if not 0 <= self.ema_rate <= 1:
-            raise ConfigError(f"ema_rate = {self.ema_rate!r}; expected a number in [0, 1]")
+        self._check_distillation()
+
+    def _check_distillation(self) -> None:
+        from sdlib.losses import DISTILLATION_LOSSES
+
+        loss = DISTILLATION_LOSSES[self.distill_loss]
+        if loss.uses_topk and self.topk < 1:
+            raise ConfigError(
+                f"topk = {self.topk}: distill_loss {self.distill_loss!r} works on the student's "
+                f"top-k tokens, so topk must be >= 1; for the whole vocabulary set "
+                f"distill_loss: full"
+            )
+        if loss.alpha is not None and self.alpha != loss.alpha:
+            raise ConfigError(
+                f"alpha = {self.alpha}: distill_loss {self.distill_loss!r} is defined for "
+                f"alpha = {loss.alpha} only; set alpha: {loss.alpha} or pick another loss"
+            )
 
 
 @dataclass
@@ -292,6 +311,7 @@ class ExperimentConfig:
     eval_top_p: float = doc("evaluation nucleus mass (paper: 0.95)", 0.95)
 
     def validate(self) -> None:
+        check_values(self)
         for name in ("train", "grpo", "sdpo"):
             if hasattr(self, name):
                 check_train_overrides(name, getattr(self, name))

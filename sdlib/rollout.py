@@ -336,3 +336,7 @@ class VLLMBackend:
                 out.text.append(c.text)
                 out.finish_reason.append("stop" if c.finish_reason == "stop" else "length")
         return out
+
+
+# The registry ``backend`` settings choose from.
+BACKENDS = {"transformers": TransformersBackend, "vllm": VLLMBackend}

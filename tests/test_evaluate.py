@@ -5,8 +5,9 @@ import math
 import pytest
 
 from sdlib.evaluate import SAMPLES_FILE, evaluate, pass_at_k, summarize
+from sdlib.metrics import expected_keys
 from sdlib.problems import Problem
-from sdlib.rollout import Rollouts, Sampling
+from sdlib.rollout import Rollouts, Sampling, row_seed
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 8])
@@ -30,7 +31,7 @@ class ScriptedBackend:
     def __init__(self, answers, fail_on_call=None):
         self.answers, self.fail_on_call, self.calls = answers, fail_on_call, []
 
-    def generate(self, prompts, n, sampling):
+    def generate(self, prompts, n, sampling, keys=None):
         self.calls.append(list(prompts))
         if self.fail_on_call == len(self.calls):
             raise KeyboardInterrupt("simulated interruption")
@@ -79,14 +80,16 @@ def test_table_figures_follow_their_formulas():
     )
     row = res.table.loc["set"]
     correct = [i % (k + 1) for i in range(6)]
-    assert row["avg@4"] == pytest.approx(sum(correct) / (6 * k))
-    assert row["pass@4"] == pytest.approx(sum(c > 0 for c in correct) / 6)
-    assert row["pass@1"] == pytest.approx(row["avg@4"])
+    assert row["eval/k"] == k and row["eval/problems"] == 6
+    assert row["eval/accuracy"] == pytest.approx(sum(correct) / (6 * k))
+    assert row["eval/pass@k"] == pytest.approx(sum(c > 0 for c in correct) / 6)
+    assert row["eval/pass@1"] == pytest.approx(row["eval/accuracy"])
     # the right answers come first in each script, so a 2-2 tie goes to them
-    assert row["maj@4"] == pytest.approx(sum(c >= k / 2 for c in correct) / 6)
+    assert row["eval/maj@k"] == pytest.approx(sum(c >= k / 2 for c in correct) / 6)
     wrong = 6 * k - sum(correct)
-    assert row["epi/wait"] == pytest.approx(wrong / (6 * k))
-    assert row["epi_total"] == pytest.approx(2 * wrong / (6 * k))
+    assert row["eval/epi/wait"] == pytest.approx(wrong / (6 * k))
+    assert row["eval/epi_total"] == pytest.approx(2 * wrong / (6 * k))
+    assert list(res.table.columns) == expected_keys("eval")
 
 
 def test_interrupted_evaluation_resumes_without_redoing_or_losing(tmp_path):
@@ -137,7 +140,7 @@ def test_summary_has_overall_row_over_benchmarks():
     sets = {"a": problems(4)[:2], "b": problems(4)[2:]}
     res = evaluate(backend, PlainTok(), sets, k=2, sampling=Sampling(8), progress=False)
     assert list(res.table.index) == ["a", "b", "overall"]
-    assert res.table.loc["overall", "samples"] == 8
+    assert res.table.loc["overall", "eval/problems"] == 4
     assert summarize(res.samples.iloc[0:0]).empty
 
 
@@ -152,5 +155,56 @@ def test_majority_vote_with_missing_answers_mixed_in():
         sampling=Sampling(8),
         progress=False,
     )
-    assert res.table.loc["s", "maj@4"] == 1.0
-    assert res.table.loc["s", "boxed_frac"] == 0.75
+    assert res.table.loc["s", "eval/maj@k"] == 1.0
+    assert res.table.loc["s", "eval/boxed_frac"] == 0.75
+
+
+class SeededBackend(ScriptedBackend):
+    """Sample j of prompt i is a pure function of (sampling.seed, keys[i], j), as in the
+    real backends: a random guess that is right about a third of the time."""
+
+    def __init__(self, fail_on_call=None):
+        super().__init__({}, fail_on_call)
+
+    def generate(self, prompts, n, sampling, keys=None):
+        keys = list(range(len(prompts))) if keys is None else keys
+        self.answers = {
+            p.split("\n")[0]: [
+                f"\\boxed{{{row_seed(sampling.seed, key, j) % 3}}}" for j in range(n)
+            ]
+            for p, key in zip(prompts, keys, strict=True)
+        }
+        return super().generate(prompts, n, sampling, keys)
+
+
+def run_seeded(backend, out=None, per_batch=3, count=8, k=3):
+    return evaluate(
+        backend, PlainTok(), {"set": problems(count)}, k=k, sampling=Sampling(8, seed=5),
+        out_dir=out, problems_per_batch=per_batch, progress=False,
+    )  # fmt: skip
+
+
+def test_resumed_evaluation_draws_the_samples_of_an_uninterrupted_one(tmp_path):
+    whole = run_seeded(SeededBackend()).samples
+    with pytest.raises(KeyboardInterrupt):
+        run_seeded(SeededBackend(fail_on_call=2), tmp_path)
+    resumed = run_seeded(SeededBackend(), tmp_path).samples
+    key = ["problem_id", "sample"]
+    assert whole.sort_values(key)["text"].tolist() == resumed.sort_values(key)["text"].tolist()
+    # and batching does not matter either
+    other = run_seeded(SeededBackend(), per_batch=5).samples
+    assert whole["text"].tolist() == other["text"].tolist()
+
+
+def test_a_damaged_sample_line_is_reported_and_its_problem_redone(tmp_path):
+    first = run_seeded(SeededBackend(), tmp_path)
+    path = tmp_path / SAMPLES_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    lines[4] = lines[4][:10] + "\n"  # a cut line in the middle of the file
+    path.write_text("".join(lines))
+    backend = SeededBackend()
+    with pytest.warns(UserWarning, match=r"samples.jsonl: 1 damaged line.*line 5"):
+        again = run_seeded(backend, tmp_path)
+    assert [p.split("\n")[0] for call in backend.calls for p in call] == ["Q1"]
+    assert again.table.equals(first.table)
+    assert len(path.read_text().splitlines()) == 8 * 3

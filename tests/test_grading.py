@@ -417,7 +417,9 @@ def test_fuzz_hostile_strings(worker, monkeypatch):
             assert isinstance(call(text, gold, timeout), Grade)
             assert time.perf_counter() - start < timeout + 2.0
     assert not SENTINEL.exists()
-    assert sum(reasons.values()) >= 250 and reasons["timeout"] >= 1, reasons
+    # Most of the sample (control characters, unbalanced braces) is now refused as malformed
+    # before the worker; the bombs and payloads the guard lets through still reach it.
+    assert sum(reasons.values()) >= 20 and reasons["timeout"] >= 1, reasons
     assert grade("3\\sqrt{3}", "\\sqrt{27}") == Grade(True, "symbolic")
 
 

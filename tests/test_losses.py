@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
+from sdlib import head as head_mod
 from sdlib import losses as L
+from sdlib.head import Head
 
 ALPHAS = [0.0, 0.25, 0.5, 1.0]
 KS = [1, 5, 100, None]  # None: the whole vocabulary
@@ -96,10 +98,11 @@ def test_sdpo_loss_from_hidden_matches_reference_values_and_grads(alpha, k, tail
     hidden, t_hidden, weight, _, tokens = head_inputs(seed=2)
     hidden.requires_grad_(True)
     weight.requires_grad_(True)
-    student = L.student_head_stats(hidden, weight, tokens, k, chunk_size=10)
-    teacher = L.teacher_head_stats(t_hidden, weight, tokens, student.topk_index, chunk_size=7)
     name = "topk-tail" if tail else "topk-renorm"
-    per_token = L.sdpo_token_loss(student, teacher, loss=name, alpha=alpha)
+    per_token, _, weights = L.sdpo_token_loss(
+        hidden, t_hidden, Head(weight, chunk_size=10), tokens, loss=name, k=k or V, alpha=alpha
+    )
+    assert torch.equal(weights, torch.ones(24))  # no old log-probs: no importance weight
     mask = torch.arange(24) % 5 != 3
     loss = L.aggregate(per_token[None], mask[None])
     loss.backward()
@@ -123,19 +126,22 @@ def test_full_vocab_jsd_matches_reference(alpha):
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_full_vocab_jsd_from_hidden_chunked_matches_reference(alpha):
-    hidden, t_hidden, weight, bias, _ = head_inputs(seed=4, bias=True)
+def test_full_vocab_distill_chunked_matches_reference(alpha):
+    hidden, t_hidden, weight, bias, tokens = head_inputs(seed=4, bias=True)
     params = [hidden.requires_grad_(True), weight.requires_grad_(True), bias.requires_grad_(True)]
-    per_token = L.full_vocab_jsd_from_hidden(
-        hidden, t_hidden, weight, alpha, bias=bias, temperature=0.8, chunk_size=5
-    )
-    grads = torch.autograd.grad(per_token.sum(), params)
+    head = Head(weight, bias, temperature=0.8, chunk_size=5)
+    out = L.full_vocab_distill(hidden, t_hidden, head, tokens, alpha=alpha)
+    grads = torch.autograd.grad(out.divergence.sum(), params)
     h64, w64, b64 = (p.detach().double().requires_grad_(True) for p in params)
     z_s = (h64 @ w64.T + b64) / 0.8
     z_t = ((t_hidden.double() @ w64.T + b64) / 0.8).detach()
     expected = ref_jsd(z_s.softmax(-1), z_t.softmax(-1), alpha)
     expected_grads = torch.autograd.grad(expected.sum(), (h64, w64, b64))
-    close(per_token, expected)
+    close(out.divergence, expected)
+    p_s = z_s.detach().softmax(-1)
+    close(out.token_logp, p_s.log().gather(-1, tokens[:, None]).squeeze(-1))
+    close(out.entropy, -(p_s * p_s.log()).sum(-1))
+    assert not out.token_logp.requires_grad and not out.entropy.requires_grad
     for got, want in zip(grads, expected_grads, strict=True):
         close(got, want, rtol=1e-4, atol=1e-6)
 
@@ -143,9 +149,13 @@ def test_full_vocab_jsd_from_hidden_chunked_matches_reference(alpha):
 def test_sampled_token_estimator_value_and_gradient():
     hidden, t_hidden, weight, _, tokens = head_inputs(seed=5)
     weight.requires_grad_(True)
-    student = L.student_head_stats(hidden, weight, tokens, 5)
-    teacher = L.teacher_head_stats(t_hidden, weight, tokens, student.topk_index)
-    per_token = L.DISTILLATION_LOSSES["sampled-token"](student, teacher, 1.0)
+    student = head_mod.student_head_stats(hidden, weight, tokens, 5)
+    teacher = head_mod.teacher_head_stats(t_hidden, weight, tokens, student.topk_index)
+    per_token = L.sampled_token_loss(student, teacher, 1.0)
+    via_registry = L.DISTILLATION_LOSSES["sampled-token"].compute(
+        hidden, t_hidden, Head(weight), tokens, k=5, alpha=1.0
+    )
+    close(via_registry.divergence, per_token)
     z_s, z_t = (hidden.double() @ weight.double().T), (t_hidden.double() @ weight.double().T)
     s_tok = z_s.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
     t_tok = z_t.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
@@ -184,7 +194,7 @@ def test_gradcheck_chunked_head(with_entropy):
     tokens = torch.randint(0, 11, (5,), generator=gen)
 
     def fn(h, w, b):
-        stats = L.student_head_stats(
+        stats = head_mod.student_head_stats(
             h, w, tokens, 3, bias=b, temperature=0.7, chunk_size=2, with_entropy=with_entropy
         )
         return tuple(x for x in stats[1:] if x is not None)
@@ -201,7 +211,7 @@ def test_chunked_head_equals_naive_values_and_grads(k):
     results = []
     for chunk_size in (8, None):
         params = [p.detach().clone().requires_grad_(True) for p in (hidden, weight, bias)]
-        stats = L.student_head_stats(
+        stats = head_mod.student_head_stats(
             params[0], params[1], tokens, k, bias=params[2], temperature=1.3,
             chunk_size=chunk_size, with_entropy=True,
         )  # fmt: skip
@@ -223,9 +233,11 @@ def test_chunked_head_equals_naive_values_and_grads(k):
 def test_teacher_stats_chunked_equals_naive_and_has_no_grad():
     hidden, t_hidden, weight, _, tokens = head_inputs(seed=10)
     t_hidden.requires_grad_(True)
-    index = L.student_head_stats(hidden, weight, tokens, 20).topk_index
-    chunked = L.teacher_head_stats(t_hidden, weight, tokens, index, chunk_size=5, with_entropy=True)
-    naive = L.teacher_head_stats(
+    index = head_mod.student_head_stats(hidden, weight, tokens, 20).topk_index
+    chunked = head_mod.teacher_head_stats(
+        t_hidden, weight, tokens, index, chunk_size=5, with_entropy=True
+    )
+    naive = head_mod.teacher_head_stats(
         t_hidden, weight, tokens, index, chunk_size=None, with_entropy=True
     )
     for got, want in zip(chunked[1:], naive[1:], strict=True):
@@ -236,9 +248,11 @@ def test_teacher_stats_chunked_equals_naive_and_has_no_grad():
 def test_bfloat16_head_runs_and_agrees_with_float32():
     hidden, _, weight, _, tokens = head_inputs(seed=11)
     h16 = hidden.bfloat16().requires_grad_(True)
-    stats = L.student_head_stats(h16, weight.bfloat16(), tokens, 5, chunk_size=8)
+    stats = head_mod.student_head_stats(h16, weight.bfloat16(), tokens, 5, chunk_size=8)
     stats.topk_logp.sum().backward()
-    ref = L.student_head_stats(hidden.bfloat16().float(), weight.bfloat16().float(), tokens, 5)
+    ref = head_mod.student_head_stats(
+        hidden.bfloat16().float(), weight.bfloat16().float(), tokens, 5
+    )
     assert stats.topk_logp.dtype == torch.float32 and h16.grad.dtype == torch.bfloat16
     torch.testing.assert_close(stats.topk_logp, ref.topk_logp, rtol=0.02, atol=0.05)
 
@@ -251,10 +265,14 @@ def test_bfloat16_head_runs_and_agrees_with_float32():
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_identical_distributions_give_zero(alpha):
     hidden, _, weight, _, tokens = head_inputs(seed=12)
-    stats = L.student_head_stats(hidden, weight, tokens, 10)
-    same = L.teacher_head_stats(hidden, weight, tokens, stats.topk_index)
-    for name in ("topk-tail", "topk-renorm"):
-        close(L.DISTILLATION_LOSSES[name](stats, same, alpha), torch.zeros(24), atol=1e-6)
+    stats = head_mod.student_head_stats(hidden, weight, tokens, 10)
+    same = head_mod.teacher_head_stats(hidden, weight, tokens, stats.topk_index)
+    for loss in (L.topk_tail_loss, L.topk_renorm_loss):
+        close(loss(stats, same, alpha), torch.zeros(24), atol=1e-6)
+    for loss in L.DISTILLATION_LOSSES.values():
+        a = loss.alpha if loss.alpha is not None else alpha
+        out = loss.compute(hidden, hidden, Head(weight), tokens, k=10, alpha=a)
+        close(out.divergence, torch.zeros(24), atol=1e-6)
     logp = torch.randn(4, V).log_softmax(-1)
     close(L.generalized_jsd(logp, logp, alpha), torch.zeros(4), atol=1e-6)
     close(L.sampled_token_kl(stats.token_logp, same.token_logp), torch.zeros(24))
@@ -262,7 +280,7 @@ def test_identical_distributions_give_zero(alpha):
 
 def test_tail_plus_topk_sums_to_one():
     hidden, _, weight, _, tokens = head_inputs(seed=13)
-    stats = L.student_head_stats(hidden, weight, tokens, 30, chunk_size=7)
+    stats = head_mod.student_head_stats(hidden, weight, tokens, 30, chunk_size=7)
     close(L.with_tail(stats.topk_logp, stats.tail_logp).logsumexp(-1), torch.zeros(24), atol=1e-6)
     close(L.with_tail(stats.topk_logp).logsumexp(-1), torch.zeros(24), atol=1e-6)
     s, t = L.topk_buckets(torch.randn(6, V).log_softmax(-1), torch.randn(6, V).log_softmax(-1), 30)
@@ -304,12 +322,13 @@ def test_importance_weight_is_clipped_and_carries_no_gradient():
     close(w, torch.tensor([0.5, 0.0, 2.0, -20.0]).exp().clamp(max=2.0))
     hidden, t_hidden, weight, _, tokens = head_inputs(seed=15)
     hidden.requires_grad_(True)
-    student = L.student_head_stats(hidden, weight, tokens, 10)
-    teacher = L.teacher_head_stats(t_hidden, weight, tokens, student.topk_index)
+    student = head_mod.student_head_stats(hidden, weight, tokens, 10)
     old = student.token_logp.detach() + torch.linspace(-1, 1, 24)
-    weighted = L.sdpo_token_loss(student, teacher, old, is_clip=2.0)
-    plain = L.sdpo_token_loss(student, teacher, None)
+    head = Head(weight)
+    weighted, _, w_used = L.sdpo_token_loss(hidden, t_hidden, head, tokens, old, k=10, is_clip=2.0)
+    plain, _, _ = L.sdpo_token_loss(hidden, t_hidden, head, tokens, None, k=10)
     w = L.importance_weight(student.token_logp, old, 2.0)
+    close(w_used, w)
     (g_weighted,) = torch.autograd.grad(weighted.sum(), hidden, retain_graph=True)
     (g_plain,) = torch.autograd.grad((plain * w).sum(), hidden)
     close(weighted, plain * w)
@@ -327,9 +346,12 @@ def test_all_masked_batch_gives_zero_loss_and_no_nan(mode):
     # The chunked head on an empty selection: nothing to compute, loss 0, grads 0.
     hidden, t_hidden, weight, _, tokens = head_inputs(n=0, seed=16)
     weight.requires_grad_(True)
-    student = L.student_head_stats(hidden, weight, tokens, 10)
-    teacher = L.teacher_head_stats(t_hidden, weight, tokens, student.topk_index)
-    per_token = L.sdpo_token_loss(student, teacher, student.token_logp.detach())
+    for name in L.DISTILLATION_LOSSES:
+        empty, _, _ = L.sdpo_token_loss(
+            hidden, t_hidden, Head(weight), tokens, torch.zeros(0), loss=name, k=10, alpha=1.0
+        )
+        assert empty.shape == (0,)
+    per_token, _, _ = L.sdpo_token_loss(hidden, t_hidden, Head(weight), tokens, torch.zeros(0))
     total = L.aggregate(L.scatter_tokens(per_token, mask), mask, mode)
     total.backward()
     assert total.item() == 0.0 and torch.equal(weight.grad, torch.zeros_like(weight))
@@ -343,9 +365,13 @@ def test_extreme_logits_stay_finite(alpha):
     hidden = (1e4 * torch.randn(20, vocab, generator=gen).sign()).requires_grad_(True)
     t_hidden = 1e4 * torch.randn(20, vocab, generator=gen).sign()
     tokens = torch.randint(0, vocab, (20,), generator=gen)
-    student = L.student_head_stats(hidden, weight, tokens, 5, chunk_size=6, with_entropy=True)
-    teacher = L.teacher_head_stats(t_hidden, weight, tokens, student.topk_index)
-    loss = L.sdpo_token_loss(student, teacher, student.token_logp.detach() - 3, alpha=alpha)
+    student = head_mod.student_head_stats(
+        hidden, weight, tokens, 5, chunk_size=6, with_entropy=True
+    )
+    old = student.token_logp.detach() - 3
+    loss, _, _ = L.sdpo_token_loss(
+        hidden, t_hidden, Head(weight, chunk_size=6), tokens, old, k=5, alpha=alpha
+    )
     (loss.sum() + student.entropy.sum()).backward()
     for value in (loss, student.tail_logp, hidden.grad, weight.grad):
         assert torch.isfinite(value).all()
@@ -437,7 +463,7 @@ def test_clipped_surrogate_matches_reference(dual_clip):
     old = logp.detach() + 1.5 * torch.randn(4, 6, generator=gen, dtype=torch.float64)
     adv = torch.tensor([1.0, -1.0, 0.5, -2.0], dtype=torch.float64)
     mask = rand_mask(4, 6, gen)
-    loss, stats = L.clipped_surrogate(logp, old, adv, mask, dual_clip=dual_clip)
+    loss, stats = L.clipped_surrogate(logp, old, adv, dual_clip=dual_clip)
     expected = torch.tensor(
         [
             [
@@ -453,10 +479,13 @@ def test_clipped_surrogate_matches_reference(dual_clip):
     close(loss, expected, rtol=1e-12)
     ratio = (logp - old).exp().detach()
     clipped = ((ratio < 0.8) & (adv[:, None] < 0)) | ((ratio > 1.28) & (adv[:, None] > 0))
-    close(stats["clip_frac"], ref_masked_mean(clipped.double(), mask))
+    close(ref_masked_mean(stats["clip"], mask), ref_masked_mean(clipped.double(), mask))
+    low = (ratio < 0.8) & (adv[:, None] < 0)
+    close(stats["clip_low"], low.double())
+    close(stats["clip_high"], (clipped & ~low).double())
     (grad,) = torch.autograd.grad(loss.sum(), logp)
     assert torch.all(grad[clipped] == 0)  # clipped tokens pass no gradient
-    assert not stats["clip_frac"].requires_grad
+    assert not any(v.requires_grad for v in stats.values())
 
 
 def test_clipped_surrogate_entropy_bonus():
@@ -473,19 +502,12 @@ def test_chunked_head_on_cuda_matches_cpu():
     results = []
     for device in ("cpu", "cuda"):
         params = [p.to(device).requires_grad_(True) for p in (hidden, weight, bias)]
-        student = L.student_head_stats(
-            params[0],
-            params[1],
-            tokens.to(device),
-            20,
-            bias=params[2],
-            chunk_size=16,
-            with_entropy=True,
+        head = Head(params[1], params[2], chunk_size=16)
+        per_token, distilled, _ = L.sdpo_token_loss(
+            params[0], t_hidden.to(device), head, tokens.to(device), k=20
         )
-        teacher = L.teacher_head_stats(
-            t_hidden.to(device), params[1], tokens.to(device), student.topk_index, bias=params[2]
-        )
-        loss = L.sdpo_token_loss(student, teacher).mean() - 0.01 * student.entropy.mean()
+        student = head.student(params[0], tokens.to(device), 20, with_entropy=True)
+        loss = per_token.mean() - 0.01 * student.entropy.mean()
         results.append((loss, torch.autograd.grad(loss, params)))
     (cpu_loss, cpu_grads), (cuda_loss, cuda_grads) = results
     close(cuda_loss.cpu(), cpu_loss, rtol=1e-4, atol=1e-6)

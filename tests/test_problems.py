@@ -5,18 +5,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from sdlib import problems as P
+from sdlib.datasets import (
+    coverage_family_subset,
+    coverage_subset,
+    coverage_suite,
+    load_hub,
+    load_problems,
+)
 from sdlib.problems import (
     DataUnavailableError,
     Problem,
     ProblemSet,
     base_id,
-    coverage_family_subset,
-    coverage_subset,
-    coverage_suite,
     dedupe,
-    load_hub,
     load_jsonl,
-    load_problems,
     load_reference_parquet,
     load_sciknoweval,
     save_jsonl,

@@ -146,7 +146,8 @@ def test_jupyterlab_serves_the_notebooks_and_the_kernel(tmp_path):
 
 def test_experiment_evaluations_render_the_few_shot_turn(tmp_path, monkeypatch):
     from sdlib.config import OnPolicyConfig, from_dict
-    from sdlib.experiments import common
+    from sdlib.datasets import load_benchmarks
+    from sdlib.experiments import evaluation
     from sdlib.prompts import FEW_SHOT
 
     seen = []
@@ -155,16 +156,16 @@ def test_experiment_evaluations_render_the_few_shot_turn(tmp_path, monkeypatch):
         def __init__(self, cfg, adapter):
             pass
 
-        def generate(self, prompts, n, sampling):
+        def generate(self, prompts, n, sampling, keys=None):
             seen.extend(prompts)
             raise KeyboardInterrupt  # the prompts are all this test needs
 
-    monkeypatch.setattr(common, "LazyBackend", Recorder)
+    monkeypatch.setattr(evaluation, "LazyBackend", Recorder)
     for few_shot in (True, False):
         cfg = from_dict(
             OnPolicyConfig,
             {"model": "tiny-random:2x64", "out": str(tmp_path), "few_shot": few_shot},
         )
         with pytest.raises(KeyboardInterrupt):
-            common.run_evaluation(cfg, "base", common.load_benchmarks(["synthetic:addition:1:2"]))
+            evaluation.evaluate_policy(cfg, "base", load_benchmarks(["synthetic:addition:1:2"]))
         assert (FEW_SHOT[1] in seen[-1]) is few_shot

@@ -11,11 +11,12 @@ import torch
 from sdlib.config import TrainConfig, from_dict
 from sdlib.grading import Grade
 from sdlib.losses import loss_normalizer
+from sdlib.metrics import expected_keys
 from sdlib.models import initial_policy
 from sdlib.prompts import chat
-from sdlib.train import core, onpolicy
+from sdlib.runfolder import RunFolder
+from sdlib.train import core, loop, onpolicy
 from sdlib.train.grpo import GRPO
-from sdlib.train.metrics import expected_keys
 from sdlib.train.sdpo import SDPO, choose_demonstrations
 
 SMOKE = dict(
@@ -45,9 +46,9 @@ def parity_grader(text, gold):
 
 def step_batch(cfg, rewards):
     """One rollout of the smoke model with the given rewards (hand-built grading)."""
-    policy = onpolicy.load_training_policy(cfg)
+    policy = core.load_training_policy(cfg)
     backend = onpolicy.make_backend(cfg, policy)
-    from sdlib.experiments.common import load_benchmarks
+    from sdlib.datasets import load_benchmarks
 
     problems = list(load_benchmarks(cfg.data).values())[0][: cfg.prompts_per_step]
     sb = onpolicy.rollout_phase(policy, backend, problems, cfg, step=0)
@@ -111,7 +112,7 @@ def test_sdpo_step_loss_equals_reference_formula(tmp_path):
     cfg = cfg_for(tmp_path, algo="sdpo", alpha=0.5, is_clip=2.0, dtype="fp64")
     policy, sb = step_batch(cfg, [0, 1, 1, 0, 0, 0, 1, 0])
     perturb_adapter(policy.model)  # so student and initial teacher differ beyond context
-    algo = SDPO(cfg, policy)
+    algo = SDPO(cfg, policy, [])
     algo.prepare(sb)
     assert sb.active.tolist() == [True, True, True, True, True, True, False, True]
     rows = sb.active.nonzero().squeeze(1)
@@ -130,11 +131,11 @@ def grads(model):
 
 
 def run_update(cfg, policy, sb, algo_cls):
-    algo = algo_cls(cfg, policy)
+    algo = algo_cls(cfg, policy, [])
     algo.prepare(sb)
     opt, sched = core.make_optimizer(policy.model, cfg)
     opt.step = lambda: None  # keep the weights: compare gradients only
-    onpolicy.update_phase(algo, policy.model, sb, opt, sched, cfg)
+    loop.update_phase(algo, policy.model, sb, opt, sched, cfg)
     return grads(policy.model), sb
 
 
@@ -184,22 +185,23 @@ def test_initial_teacher_is_the_untrained_model(tmp_path):
 def test_ema_teacher_tracks_the_policy_at_its_rate(tmp_path):
     cfg = cfg_for(tmp_path, algo="sdpo", teacher="ema", ema_rate=0.25)
     policy, _ = step_batch(cfg, [0] * 8)
-    algo = SDPO(cfg, policy)
+    algo = SDPO(cfg, policy, [])
     params = dict(policy.model.named_parameters())
-    name = next(n for n in algo.ema if "lora_A" in n)
-    start = algo.ema[name].detach().clone()
+    ema = algo.teacher.params
+    name = next(n for n in ema if "lora_A" in n)
+    start = ema[name].detach().clone()
     live = params[name.replace(".ema.", ".default.")]
     with torch.no_grad():
         live.add_(1.0)
     algo.after_update(policy.model)
-    assert torch.allclose(algo.ema[name], 0.75 * start + 0.25 * live.detach())
-    assert not any(p.requires_grad for p in algo.ema.values())
+    assert torch.allclose(ema[name], 0.75 * start + 0.25 * live.detach())
+    assert not any(p.requires_grad for p in ema.values())
 
 
 def test_grpo_advantages_and_clipping_on_a_hand_built_group(tmp_path):
     cfg = cfg_for(tmp_path, algo="grpo", eps_low=0.2, eps_high=0.28)
     policy, sb = step_batch(cfg, [1, 0, 0, 0, 1, 1, 1, 1])
-    algo = GRPO(cfg, policy)
+    algo = GRPO(cfg, policy, [])
     algo.prepare(sb)
     assert sb.extra["adv"].tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0])
     assert sb.active.tolist() == [True] * 4 + [False] * 4  # zero advantage: no forward
@@ -210,7 +212,7 @@ def test_grpo_advantages_and_clipping_on_a_hand_built_group(tmp_path):
     loss, stats = algo.micro_loss(policy.model, sb, rows, norm)
     n0 = int(sb.student.loss_mask[0].sum())
     n_all = int(sb.student.loss_mask[:4].sum())
-    assert float(stats["train/clip_frac"]) == pytest.approx(n0 / n_all, abs=1e-6)
+    assert float(stats["train/clip_frac"].mean()) == pytest.approx(n0 / n_all, abs=1e-6)
     # clipped tokens of sample 0 contribute -A (1 + eps_high); the rest -A * ratio(~1)
     expected = (-0.75 * 1.28 * n0 + 0.25 * (n_all - n0)) / int(sb.student.loss_mask.sum())
     assert float(loss) == pytest.approx(expected, rel=1e-3)
@@ -222,12 +224,12 @@ def test_first_update_ratio_is_one_at_the_rollout_temperature(tmp_path, temperat
     # distribution, or the ratio starts away from 1 and clipping bites before any update
     cfg = cfg_for(tmp_path, algo="grpo", dtype="fp64", temperature=temperature)
     policy, sb = step_batch(cfg, [1, 0, 1, 0, 1, 0, 1, 0])
-    algo = GRPO(cfg, policy)
+    algo = GRPO(cfg, policy, [])
     algo.prepare(sb)
     norm = loss_normalizer(sb.student.loss_mask, "token-mean")
     _, stats = algo.micro_loss(policy.model, sb, torch.arange(8), norm)
-    assert float(stats["train/ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
-    assert float(stats["train/clip_frac"]) == 0.0
+    assert float(stats["train/ratio_mean"].mean()) == pytest.approx(1.0, abs=1e-6)
+    assert float(stats["train/clip_frac"].sum()) == 0.0
 
 
 @pytest.mark.parametrize("algo", ["sdpo", "grpo"])
@@ -238,8 +240,8 @@ def test_metrics_rows_carry_exactly_the_documented_keys(tmp_path, monkeypatch, a
 
     run = train(cfg)
     rows = run.read("metrics.jsonl")
-    assert len(rows) == 1 and set(rows[0]) == expected_keys(algo)
-    assert all(isinstance(v, int | float) for v in rows[0].values())
+    assert len(rows) == 1 and list(rows[0]) == expected_keys(algo, cfg)
+    assert all(isinstance(v, int | float) or v is None for v in rows[0].values())
     assert (run.path / "checkpoints" / "step_1" / "adapter").is_dir()
 
 
@@ -253,7 +255,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch,
 
     part = cfg_for(tmp_path / "b", algo=algo, steps=3)
     calls = {"n": 0}
-    real_step = onpolicy.one_step
+    real_step = loop.one_step
 
     def dying_step(*args, **kw):
         calls["n"] += 1
@@ -261,10 +263,10 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch,
             raise KeyboardInterrupt("killed during step 2")
         return real_step(*args, **kw)
 
-    monkeypatch.setattr(onpolicy, "one_step", dying_step)
+    monkeypatch.setattr(loop, "one_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         train(part)
-    monkeypatch.setattr(onpolicy, "one_step", real_step)
+    monkeypatch.setattr(loop, "one_step", real_step)
     train(part)  # resumes from checkpoint step_2
 
     drop = {"time/rollout", "time/update", "time/step", "time/teacher"}
@@ -276,10 +278,11 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch,
     a, b = read(tmp_path / "a"), read(tmp_path / "b")
     assert [r["step"] for r in b] == [0, 1, 2]
     assert json.dumps(a) == json.dumps(b)
-    sa = torch.load(tmp_path / "a/run/checkpoints/step_3/state.pt", weights_only=False)
-    sb = torch.load(tmp_path / "b/run/checkpoints/step_3/state.pt", weights_only=False)
-    for n in sa["trainable"]:
-        assert torch.equal(sa["trainable"][n], sb["trainable"][n]), n
+    sa, _ = RunFolder(tmp_path / "a/run").load_checkpoint(tmp_path / "a/run/checkpoints/step_3")
+    sb, _ = RunFolder(tmp_path / "b/run").load_checkpoint(tmp_path / "b/run/checkpoints/step_3")
+    assert sa.keys() == sb.keys() and any(k.startswith(".trainable.") for k in sa)
+    for n in sa:
+        assert torch.equal(sa[n], sb[n]), n
 
 
 def test_resume_refuses_other_parameters(tmp_path, monkeypatch):
@@ -298,7 +301,7 @@ def test_training_runs_are_keyed_by_the_code_revision(tmp_path, monkeypatch):
     import types
 
     import sdlib.train as train_pkg
-    from sdlib.experiments.common import run_training
+    from sdlib.experiments.training import train as run_training
 
     monkeypatch.setattr(train_pkg, "train", lambda cfg: cfg.out)
     experiment = types.SimpleNamespace(out=str(tmp_path))
@@ -308,3 +311,56 @@ def test_training_runs_are_keyed_by_the_code_revision(tmp_path, monkeypatch):
     assert run_training(experiment, cfg_for(tmp_path, algo="grpo", lr=0.5)) != first
     monkeypatch.setattr(train_pkg, "REVISION", train_pkg.REVISION + 1)
     assert run_training(experiment, tcfg) != first
+
+
+@pytest.mark.parametrize("algo", ["sdpo", "grpo", "sft"])
+def test_logged_metrics_do_not_depend_on_micro_batching(tmp_path, monkeypatch, algo):
+    from sdlib.train import train
+
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+    data = ["synthetic:addition:1:16"]
+    if algo == "sft":
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_text("".join(json.dumps({"prompt": f"{i} + 1?", "response": f"{i + 1}"}) + "\n"
+                                 for i in range(8)))  # fmt: skip
+        data = [str(pairs)]
+    rows = {}
+    for micro in (1, 8):
+        cfg = cfg_for(tmp_path / str(micro), algo=algo, data=data, steps=1, micro_batch=micro,
+                      dtype="fp64", prompts_per_update=0)  # fmt: skip
+        rows[micro] = train(cfg).read("metrics.jsonl")[0]
+    timing = {k for k in rows[1] if k.startswith("time/")}
+    assert rows[1].keys() == rows[8].keys()
+    for key in rows[1].keys() - timing:
+        assert rows[1][key] == pytest.approx(rows[8][key], rel=1e-9, abs=1e-12), key
+
+
+def test_an_undocumented_or_missing_metric_fails_the_step(tmp_path, monkeypatch):
+    from sdlib.metrics import MetricsContractError
+    from sdlib.train import train
+
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+    real_row = GRPO.row
+    monkeypatch.setattr(GRPO, "row", lambda self, sb: {**real_row(self, sb), "train/new": 1.0})
+    with pytest.raises(MetricsContractError, match=r"undocumented \['train/new'\]"):
+        train(cfg_for(tmp_path / "extra", algo="grpo", steps=1))
+
+    def without_zero_adv(self, sb):
+        row = real_row(self, sb)
+        del row["train/zero_adv_frac"]
+        return row
+
+    monkeypatch.setattr(GRPO, "row", without_zero_adv)
+    with pytest.raises(MetricsContractError, match=r"missing \['train/zero_adv_frac'\]"):
+        train(cfg_for(tmp_path / "missing", algo="grpo", steps=1))
+
+
+def test_config_dependent_metrics_are_absent_not_zero(tmp_path, monkeypatch):
+    from sdlib.train import train
+
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+    plain = train(cfg_for(tmp_path / "a", algo="grpo", steps=1)).read("metrics.jsonl")[0]
+    assert "train/kl_initial" not in plain and "train/dual_clip_frac" not in plain
+    kl = train(cfg_for(tmp_path / "b", algo="grpo", steps=1, kl_coef=0.1, dual_clip=3.0))
+    row = kl.read("metrics.jsonl")[0]
+    assert row["train/kl_initial"] >= 0 and 0 <= row["train/dual_clip_frac"] <= 1

@@ -27,7 +27,9 @@ import pandas as pd
 
 from sdlib import plots
 from sdlib.config import ContextConfig
-from sdlib.experiments.common import Results, pooled, run_evaluation
+from sdlib.datasets import pooled
+from sdlib.experiments.evaluation import evaluate_policy
+from sdlib.experiments.results import Results
 from sdlib.prompts import hint_prompt, student_prompt, without_thinking
 from sdlib.rollout import Sampling
 
@@ -64,7 +66,7 @@ def run(cfg: ContextConfig) -> Results:
     pool = pooled(cfg.data, cfg.pool_limit)
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=cfg.seed)
     ask = lambda p: student_prompt(p.question)  # noqa: E731
-    screen = run_evaluation(
+    screen = evaluate_policy(
         cfg, "screen", {"pool": pool}, k=cfg.select_k, sampling=sampling, prompt_fn=ask
     ).samples
     solution = {p.id: p.solution for p in pool if p.solution} | first_correct(screen)
@@ -74,12 +76,12 @@ def run(cfg: ContextConfig) -> Results:
         "solution w/o thinking": {k: without_thinking(v) for k, v in solution.items()},
     }
     runs = {
-        "unguided": run_evaluation(
+        "unguided": evaluate_policy(
             cfg, "unguided", {"selected": problems}, k=cfg.samples, sampling=sampling, prompt_fn=ask
         )
     }
     for cond, ctx in contexts.items():
-        runs[cond] = run_evaluation(
+        runs[cond] = evaluate_policy(
             cfg,
             cond.replace(" ", "_").replace("/", ""),
             {"selected": problems},
@@ -93,7 +95,7 @@ def run(cfg: ContextConfig) -> Results:
         for k, v in guided.groupby("problem_id")["text"].first().items()
         if k not in first_correct(guided)
     }
-    runs["regeneration"] = run_evaluation(
+    runs["regeneration"] = evaluate_policy(
         cfg,
         "regeneration",
         {"selected": problems},

@@ -16,17 +16,11 @@ import pandas as pd
 
 from sdlib import plots
 from sdlib.config import CoverageConfig
-from sdlib.experiments.common import (
-    Results,
-    final_adapter,
-    load_benchmarks,
-    metrics_frame,
-    pooled,
-    run_evaluation,
-    run_training,
-    train_config,
-)
-from sdlib.problems import coverage_subset, save_jsonl
+from sdlib.datasets import coverage_subset, load_benchmarks, pooled
+from sdlib.experiments import training
+from sdlib.experiments.evaluation import evaluate_policy
+from sdlib.experiments.results import Results
+from sdlib.problems import save_jsonl
 
 NAME = "05_task_coverage"
 
@@ -51,16 +45,17 @@ def run(cfg: CoverageConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     files = subset_files(cfg, res.folder)
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
-    base = run_evaluation(cfg, "base", benchmarks).samples
+    base = evaluate_policy(cfg, "base", benchmarks).samples
     rows, frames = [], {}
     for algo in cfg.algos:
         extra = cfg.sdpo if algo == "sdpo" else cfg.grpo
         for size, path in files.items():
-            run_dir = run_training(cfg, train_config(cfg, algo, [str(path)], cfg.train, extra))
-            metrics = metrics_frame(run_dir)
+            tcfg = training.config(cfg, algo, [str(path)], cfg.train, extra)
+            run_dir = training.train(cfg, tcfg)
+            metrics = training.metrics(run_dir)
             frames[f"{algo.upper()} |D|={size}"] = metrics
-            ood = run_evaluation(
-                cfg, f"{algo}-D{size}", benchmarks, adapter=final_adapter(run_dir)
+            ood = evaluate_policy(
+                cfg, f"{algo}-D{size}", benchmarks, adapter=training.final_adapter(run_dir)
             ).samples
             late = metrics["rollout/reward_mean"].iloc[len(metrics) // 2 :]
             rows.append(

@@ -17,15 +17,10 @@ import pandas as pd
 from sdlib import plots
 from sdlib.behavior import EPISTEMIC_WORDS
 from sdlib.config import OnPolicyConfig
-from sdlib.experiments.common import (
-    Results,
-    final_adapter,
-    load_benchmarks,
-    metrics_frame,
-    run_evaluation,
-    run_training,
-    train_config,
-)
+from sdlib.datasets import load_benchmarks
+from sdlib.experiments import training
+from sdlib.experiments.evaluation import evaluate_policy
+from sdlib.experiments.results import Results
 
 NAME = "03_sdpo_vs_grpo"
 CURVES = ["rollout/reward_mean", "rollout/len_tokens", "rollout/epi_total", "train/divergence"]
@@ -33,13 +28,13 @@ CURVES = ["rollout/reward_mean", "rollout/len_tokens", "rollout/epi_total", "tra
 
 def compare(cfg, res: Results, runs: dict, title: str) -> dict[str, pd.DataFrame]:
     """Train each named TrainConfig, evaluate base and finals OOD, write tables/figures."""
-    trained = {label: run_training(cfg, t) for label, t in runs.items()}
-    frames = {label: metrics_frame(r) for label, r in trained.items()}
+    trained = {label: training.train(cfg, t) for label, t in runs.items()}
+    frames = {label: training.metrics(r) for label, r in trained.items()}
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
-    evals = {"base": run_evaluation(cfg, "base", benchmarks)}
+    evals = {"base": evaluate_policy(cfg, "base", benchmarks)}
     for label, r in trained.items():
-        evals[label] = run_evaluation(
-            cfg, label.replace(" ", "_"), benchmarks, adapter=final_adapter(r)
+        evals[label] = evaluate_policy(
+            cfg, label.replace(" ", "_"), benchmarks, adapter=training.final_adapter(r)
         )
     subtitle = f"{cfg.model} · preset {cfg.preset}"
     res.table("training_summary", training_summary(frames))
@@ -76,8 +71,7 @@ def ood_table(evals: dict) -> pd.DataFrame:
     rows = {}
     for label, ev in evals.items():
         t, s = ev.table, ev.samples
-        col = next(c for c in t.columns if c.startswith("avg@"))
-        row = {f"acc:{b}": v for b, v in t[col].items() if b != "overall"}
+        row = {f"acc:{b}": v for b, v in t["eval/accuracy"].items() if b != "overall"}
         row.update(
             {
                 "accuracy": s["correct"].mean(),
@@ -104,11 +98,11 @@ def word_shift(evals: dict) -> pd.DataFrame:
 def run(cfg: OnPolicyConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     runs = {
-        "GRPO": train_config(cfg, "grpo", cfg.data, cfg.train, cfg.grpo),
-        "SDPO": train_config(cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo),
+        "GRPO": training.config(cfg, "grpo", cfg.data, cfg.train, cfg.grpo),
+        "SDPO": training.config(cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo),
     }
     if cfg.strip_variant:
-        runs["SDPO w/o thinking"] = train_config(
+        runs["SDPO w/o thinking"] = training.config(
             cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo, {"strip_demo_thinking": True}
         )
     compare(cfg, res, runs, "SDPO vs GRPO during training")

@@ -15,16 +15,10 @@ import pandas as pd
 
 from sdlib import plots
 from sdlib.config import SFTExperimentConfig
-from sdlib.experiments import context
-from sdlib.experiments.common import (
-    Results,
-    final_adapter,
-    load_benchmarks,
-    metrics_frame,
-    run_evaluation,
-    run_training,
-    train_config,
-)
+from sdlib.datasets import load_benchmarks
+from sdlib.experiments import context, training
+from sdlib.experiments.evaluation import evaluate_policy
+from sdlib.experiments.results import Results
 
 NAME = "02_sft_guided_vs_unguided"
 
@@ -51,14 +45,14 @@ def run(cfg: SFTExperimentConfig) -> Results:
     data = sft_sets(cfg)
     sizes = {n: len(p.read_text().splitlines()) for n, p in data.items()}
     runs = {
-        f"SFT on {n}": run_training(cfg, train_config(cfg, "sft", [str(p)], cfg.train))
+        f"SFT on {n}": training.train(cfg, training.config(cfg, "sft", [str(p)], cfg.train))
         for n, p in data.items()
     }
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
-    evals = {"base": run_evaluation(cfg, "base", benchmarks)}
+    evals = {"base": evaluate_policy(cfg, "base", benchmarks)}
     for label, r in runs.items():
-        evals[label] = run_evaluation(
-            cfg, label.replace(" ", "_"), benchmarks, adapter=final_adapter(r)
+        evals[label] = evaluate_policy(
+            cfg, label.replace(" ", "_"), benchmarks, adapter=training.final_adapter(r)
         )
     table = res.table("table2", accuracy_table(evals))
     res.table("behaviour", behaviour_table(evals))
@@ -68,7 +62,7 @@ def run(cfg: SFTExperimentConfig) -> Results:
     res.figure(
         "sft_loss",
         plots.training_curves(
-            {k: metrics_frame(r) for k, r in runs.items()},
+            {k: training.metrics(r) for k, r in runs.items()},
             ["train/loss"],
             subtitle,
             "SFT training loss",
@@ -81,9 +75,7 @@ def accuracy_table(evals: dict) -> pd.DataFrame:
     """avg@k per model (rows) and benchmark (columns)."""
     out = {}
     for model, ev in evals.items():
-        t = ev.table
-        col = next(c for c in t.columns if c.startswith("avg@"))
-        out[model] = t[col].to_dict()
+        out[model] = ev.table["eval/accuracy"].to_dict()
     return pd.DataFrame.from_dict(out, orient="index").rename_axis("model")
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdlib.config import TeacherConfig
-from sdlib.experiments.common import Results, train_config
+from sdlib.experiments import training
+from sdlib.experiments.results import Results
 from sdlib.experiments.sdpo_grpo import compare
 
 NAME = "04_fixed_vs_moving_teacher"
@@ -22,12 +23,12 @@ def run(cfg: TeacherConfig) -> Results:
     # the fixed-teacher run is notebook 03's SDPO run when the parameters agree: the
     # content-addressed run folder then makes it free here
     runs = {
-        "SDPO fixed teacher": train_config(
+        "SDPO fixed teacher": training.config(
             cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo, {"teacher": "initial"}
         )
     }
     for rate in cfg.ema_rates:
-        runs[f"SDPO EMA {rate:g}"] = train_config(
+        runs[f"SDPO EMA {rate:g}"] = training.config(
             cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo, {"teacher": "ema", "ema_rate": rate}
         )
     compare(cfg, res, runs, "Fixed vs moving (EMA) teacher")

@@ -1,21 +1,36 @@
-"""LoRA trainers: SFT, GRPO and SDPO. ``train(cfg)`` dispatches on ``cfg.algo``."""
+"""LoRA trainers: SFT, GRPO and SDPO on one run loop (``loop``). ``train(cfg)`` runs one.
+
+``ALGORITHMS`` is the registry ``TrainConfig.algo`` chooses from; ``LOGGERS`` the one of
+``TrainConfig.log_to``.
+"""
 
 from __future__ import annotations
 
+from sdlib.train.grpo import GRPO
+from sdlib.train.sdpo import SDPO
+from sdlib.train.sft import SFT
+from sdlib.train.trackers import LOGGERS
+
 # Bumped whenever an update's arithmetic changes, so that content-addressed runs
-# (experiments/common.py) trained by older code are not found and reused as if current.
+# (sdlib.experiments.training) trained by older code are not found and reused as current.
 # 2: tokens scored at the rollout temperature.
 REVISION = 2
 
+ALGORITHMS = {"grpo": GRPO, "sdpo": SDPO, "sft": SFT}
+
+__all__ = ["ALGORITHMS", "LOGGERS", "REVISION", "train"]
+
 
 def train(cfg):
-    """Run (or resume) the training run ``cfg`` describes; returns its RunDir."""
-    from sdlib.experiments.common import load_benchmarks
-    from sdlib.train import grpo, sdpo, sft
-    from sdlib.train.onpolicy import train_on_policy
+    """Run (or resume) the training run ``cfg`` describes; returns its RunFolder.
 
-    if cfg.algo == "sft":
-        return sft.train_sft(cfg)
-    problems = [p for ps in load_benchmarks(cfg.data).values() for p in ps]
-    algo = {"grpo": grpo.GRPO, "sdpo": sdpo.SDPO}[cfg.algo]
-    return train_on_policy(cfg, problems, algo)
+    Everything that can be checked without the weights is checked before anything is
+    loaded or written: the device, the model's context and vocabulary, the data."""
+    from sdlib.datasets import load_pairs, pooled
+    from sdlib.models import check_device, check_limits
+    from sdlib.train.loop import train_loop
+
+    check_device(cfg.device)
+    check_limits(cfg.model, cfg.max_new_tokens, cfg.topk if cfg.algo == "sdpo" else 0)
+    data = load_pairs(cfg.data) if cfg.algo == "sft" else pooled(cfg.data)
+    return train_loop(cfg, ALGORITHMS[cfg.algo], data)

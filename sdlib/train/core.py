@@ -1,5 +1,5 @@
-"""Pieces every trainer shares: packing sequences, the policy's hidden states, the optimizer,
-the run folder (metrics, samples, checkpoints) and exact resumption.
+"""Pieces every trainer shares: the policy to train, its data order, packed sequences, the
+hidden states and output head the losses read, and the optimizer.
 
 A packed batch is right-padded [B, T]. ``loss_mask[b, t]`` marks positions whose *next*
 token is a response token, so ``hidden[b, t]`` predicts ``target[b, t] = input_ids[b, t+1]``.
@@ -9,17 +9,48 @@ row, in the same order, so ``select_tokens`` aligns them one to one.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from sdlib import config as cfgmod
+from sdlib.head import Head
 from sdlib.losses import select_tokens
+from sdlib.models import LoraSpec, load_policy
 
-CHECKPOINT_DIR = "checkpoints"
+
+def load_training_policy(cfg):
+    """The policy with a fresh LoRA adapter, its A factors drawn from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    return load_policy(
+        cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        lora=LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
+        load_in_4bit=cfg.load_in_4bit,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of one step: a function of (seed, step) alone, so resumes agree."""
+    digest = hashlib.sha256(f"{seed}:{step}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def step_items(items: list, step: int, size: int, seed: int) -> list:
+    """The ``size`` items of ``step``: consecutive slices of per-epoch shuffles of ``items``
+    (a pure function of its arguments, so a resumed run sees the same data)."""
+    orders: dict[int, list[int]] = {}
+    out = []
+    for i in range(step * size, (step + 1) * size):
+        epoch, pos = divmod(i, len(items))
+        if epoch not in orders:
+            orders[epoch] = list(range(len(items)))
+            random.Random(seed * 100_003 + epoch).shuffle(orders[epoch])
+        out.append(items[orders[epoch][pos]])
+    return out
 
 
 @dataclass
@@ -29,23 +60,18 @@ class Packed:
     loss_mask: torch.Tensor  # [B, T] bool: position predicts a response token
     target: torch.Tensor  # [B, T] next token
 
-    def to(self, device) -> Packed:
+    def _map(self, fn) -> Packed:
         return Packed(
-            *(
-                t.to(device)
-                for t in (self.input_ids, self.attention_mask, self.loss_mask, self.target)
-            )
+            *(fn(t) for t in (self.input_ids, self.attention_mask, self.loss_mask, self.target))
         )
+
+    def to(self, device) -> Packed:
+        return self._map(lambda t: t.to(device))
 
     def rows(self, idx) -> Packed:
         """The rows ``idx``, trimmed to their longest sequence (right padding)."""
         width = int(self.attention_mask[idx].sum(1).max())
-        return Packed(
-            *(
-                t[idx, :width]
-                for t in (self.input_ids, self.attention_mask, self.loss_mask, self.target)
-            )
-        )
+        return self._map(lambda t: t[idx, :width])
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Packed:
@@ -80,28 +106,23 @@ def hidden_states(model, batch: Packed) -> torch.Tensor:
     ).last_hidden_state
 
 
-def head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
-    lm_head = unwrap(model).get_output_embeddings()
-    return lm_head.weight, getattr(lm_head, "bias", None)
-
-
-def head_options(cfg) -> dict:
-    """How the losses apply the output head: ``loss_chunk`` tokens at a time, scoring at the
-    rollout temperature. The sampler records log softmax(logits / T) as pi_old, so pi must
-    be tempered the same way for pi / pi_old to start at 1 (greedy, T = 0: untempered)."""
-    return {
-        "temperature": cfg.temperature if cfg.temperature > 0 else 1.0,
-        "chunk_size": cfg.loss_chunk,
-    }
-
-
 def selected(model, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states and targets at the loss positions: [N, H], [N]."""
     h = hidden_states(model, batch)
     return select_tokens(h, batch.loss_mask), select_tokens(batch.target, batch.loss_mask)
 
 
-def make_optimizer(model, cfg: cfgmod.TrainConfig):
+def output_head(model, cfg, temperature: float | None = None) -> Head:
+    """The model's output layer as the losses apply it: ``loss_chunk`` tokens at a time, at
+    the rollout temperature. The sampler records log softmax(logits / T) as pi_old, so pi
+    must be tempered the same way for pi / pi_old to start at 1 (greedy, T = 0: untempered).
+    """
+    lm_head = unwrap(model).get_output_embeddings()
+    t = cfg.temperature if temperature is None else temperature
+    return Head(lm_head.weight, getattr(lm_head, "bias", None), t if t > 0 else 1.0, cfg.loss_chunk)
+
+
+def make_optimizer(model, cfg):
     """AdamW over the trainable (LoRA) weights; linear warm-up, then constant."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -112,89 +133,3 @@ def make_optimizer(model, cfg: cfgmod.TrainConfig):
 
 def micro_batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-class RunDir:
-    """One run's folder: params.yaml, metrics.jsonl, samples.jsonl, checkpoints/step_N."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-
-    def save_params(self, cfg) -> None:
-        saved = self.path / "params.yaml"
-        if saved.exists():
-            before = cfgmod.load(type(cfg), saved)
-            changed = {k for k, v in vars(cfg).items() if getattr(before, k) != v}
-            allowed = {"steps", "save_every", "sample_every", "out"}
-            if changed - allowed:
-                raise cfgmod.ConfigError(
-                    f"{self.path} holds a run with other parameters ({sorted(changed - allowed)}); "
-                    f"use a new out folder or the same parameters to resume"
-                )
-        cfgmod.save(cfg, saved)
-
-    def append(self, name: str, rows: list[dict]) -> None:
-        with (self.path / name).open("a") as f:
-            f.writelines(json.dumps(r, default=float) + "\n" for r in rows)
-
-    def read(self, name: str) -> list[dict]:
-        path = self.path / name
-        if not path.exists():
-            return []
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-    def truncate(self, name: str, step: int) -> None:
-        """Drop rows written after checkpoint ``step`` (they will be recomputed)."""
-        rows = [r for r in self.read(name) if r.get("step", 0) <= step]
-        (self.path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    def latest(self) -> Path | None:
-        found = sorted(
-            (self.path / CHECKPOINT_DIR).glob("step_*"),
-            key=lambda p: int(p.name.removeprefix("step_")),
-        )
-        done = [p for p in found if (p / "state.pt").exists()]
-        return done[-1] if done else None
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(run: RunDir, step: int, model, opt, sched, extra: dict) -> Path:
-    """Adapter (peft format, for eval and vLLM) plus everything exact resumption needs."""
-    folder = run.path / CHECKPOINT_DIR / f"step_{step}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(folder / "adapter")
-    state = {
-        "step": step,
-        "trainable": trainable_state(model),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "rng": {
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        **extra,
-    }
-    torch.save(state, folder / "state.pt.tmp")
-    (folder / "state.pt.tmp").replace(folder / "state.pt")  # complete or absent
-    return folder
-
-
-def load_checkpoint(folder: Path, model, opt, sched) -> dict:
-    state = torch.load(folder / "state.pt", weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            params[name].copy_(value)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state

@@ -54,12 +54,17 @@ class Dist:
             tdist.all_reduce(p.grad)
 
     def mean_row(self, row: dict) -> dict:
-        """Average a metrics row over processes (each holds an equal share of samples)."""
+        """Average a metrics row over the processes that computed each value (each holds an
+        equal share of the samples)."""
         if self.world == 1:
             return row
         rows = [None] * self.world
         tdist.all_gather_object(rows, row)
-        return {k: sum(r[k] for r in rows) / self.world if k != "step" else row[k] for k in row}
+        out = {}
+        for k in row:
+            values = [r[k] for r in rows if r[k] is not None]  # None: not computed there
+            out[k] = row[k] if k == "step" else (sum(values) / len(values) if values else None)
+        return out
 
     def check(self, cfg) -> None:
         for name in ("prompts_per_step", "prompts_per_update"):

@@ -13,87 +13,63 @@ from __future__ import annotations
 
 import torch
 
-from sdlib.losses import (
-    aggregate,
-    clipped_surrogate,
-    group_advantages,
-    scatter_tokens,
-    student_head_stats,
-    teacher_head_stats,
-)
+from sdlib.losses import aggregate, clipped_surrogate, group_advantages, scatter_tokens
 from sdlib.models import initial_policy
 from sdlib.train import core
+from sdlib.train.onpolicy import OnPolicy, StepBatch
 
 
-class GRPO:
-    def __init__(self, cfg, policy):
-        self.cfg = cfg
-
-    def prepare(self, sb) -> None:
+class GRPO(OnPolicy):
+    def prepare(self, sb: StepBatch) -> None:
         adv = group_advantages(sb.rewards, sb.group, std_normalize=self.cfg.std_normalize)
         sb.extra["adv"] = adv
         needs_all = self.cfg.entropy_coef > 0 or self.cfg.kl_coef > 0
         sb.active = torch.ones_like(adv, dtype=torch.bool) if needs_all else adv != 0
 
-    def counted(self, sb) -> torch.Tensor:
+    def counted(self, sb: StepBatch) -> torch.Tensor:
         return torch.ones_like(sb.active)
 
-    def micro_loss(self, model, sb, rows, norm):
+    def micro_loss(self, model, sb: StepBatch, rows, norm):
         cfg, device = self.cfg, norm.device
         batch = sb.student.rows(rows).to(device)
         mask = batch.loss_mask
         old = sb.logp_old[rows, : mask.shape[1]].to(device)
         h, tokens = core.selected(model, batch)
-        weight, bias = core.head(model)
-        st = student_head_stats(
-            h, weight, tokens, k=1, bias=bias, with_entropy=True, **core.head_options(cfg)
-        )
-        logp = scatter_tokens(st.token_logp, mask)
-        entropy = scatter_tokens(st.entropy, mask)
+        head = core.output_head(model, cfg)
+        st = head.student(h, tokens, k=1, with_entropy=True)
         per_token, clip = clipped_surrogate(
-            logp,
+            scatter_tokens(st.token_logp, mask),
             old,
             sb.extra["adv"][rows].to(device),
-            mask,
             cfg.eps_low,
             cfg.eps_high,
             cfg.dual_clip or None,
-            entropy,
+            scatter_tokens(st.entropy, mask),
             cfg.entropy_coef,
         )
         stats = {
-            "train/clip_frac": clip["clip_frac"],
-            "train/ratio_mean": clip["ratio_mean"],
-            "train/entropy": st.entropy.mean().detach(),
+            "train/entropy": st.entropy,
+            "train/clip_frac": clip["clip"][mask],
+            "train/clip_frac_low": clip["clip_low"][mask],
+            "train/clip_frac_high": clip["clip_high"][mask],
+            "train/ratio_mean": clip["ratio"][mask],
         }
+        if cfg.dual_clip > 0:
+            stats["train/dual_clip_frac"] = clip["dual_clip"][mask]
         if cfg.kl_coef > 0:
-            k3 = self._kl_initial(model, batch, st, weight, bias, tokens)
+            k3 = self._kl_initial(model, batch, st, head, tokens)
             per_token = per_token + cfg.kl_coef * scatter_tokens(k3, mask)
-            stats["train/kl_initial"] = k3.mean().detach()
-        loss = aggregate(per_token, mask, cfg.loss_agg, norm)
-        return loss, {"train/loss": loss.detach(), **stats}
+            stats["train/kl_initial"] = k3
+        return aggregate(per_token, mask, cfg.loss_agg, norm), stats
 
-    def _kl_initial(self, model, batch, st, weight, bias, tokens):
+    def _kl_initial(self, model, batch, st, head, tokens):
         """k3 = exp(q - p) - (q - p) - 1, unbiased for KL(pi || pi_initial), always >= 0."""
         with torch.no_grad(), initial_policy(model):
             h_ref, _ = core.selected(model, batch)
-            ref = teacher_head_stats(
-                h_ref, weight, tokens, st.topk_index, bias=bias, **core.head_options(self.cfg)
-            ).token_logp
+            ref = head.teacher(h_ref, tokens, st.topk_index).token_logp
         d = ref - st.token_logp
         return d.exp() - d - 1
 
-    def after_update(self, model) -> None:
-        pass
-
-    def step_stats(self, sb) -> dict:
-        row = {"train/zero_adv_frac": float((sb.extra["adv"] == 0).float().mean())}
-        if self.cfg.kl_coef == 0:
-            row["train/kl_initial"] = 0.0
-        return row
-
-    def state(self) -> dict:
-        return {}
-
-    def load_state(self, state: dict) -> None:
-        pass
+    def row(self, sb: StepBatch) -> dict:
+        zero = float((sb.extra["adv"] == 0).float().mean())
+        return {**super().row(sb), "train/zero_adv_frac": zero}

@@ -1,0 +1,34 @@
+"""Content-addressed runs: a run's folder is named by a hash of everything that decides it.
+
+Two notebooks asking for the same run (notebook 03's SDPO run is notebook 04's
+fixed-teacher run) therefore share one folder and compute it once, and a rerun finds it
+finished or resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def key(value) -> str:
+    """A short stable hash of a JSON-able value (dict keys sorted)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def folder(root: str | Path, kind: str, label: str, value) -> Path:
+    """``<root>/<kind>/<label>-<key(value)>``."""
+    return Path(root) / kind / f"{label}-{key(value)}"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a folder's files (names and bytes) or of one file: a run's identity that
+    survives moving the folder."""
+    paths = sorted(p for p in Path(path).rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+        digest.update(p.read_bytes())
+    return digest.hexdigest()[:16]

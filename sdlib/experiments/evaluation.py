@@ -1,0 +1,80 @@
+"""Evaluations of an experiment: the base policy or a trained adapter, sampled in its own
+content-addressed folder under ``<out>/eval``, with the model loaded only when needed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sdlib.evaluate import EvalResult, evaluate
+from sdlib.experiments import cache
+from sdlib.models import load_policy, load_tokenizer, local_folder
+from sdlib.problems import Problem
+from sdlib.prompts import THINKING, student_prompt
+from sdlib.rollout import Sampling, TransformersBackend, VLLMBackend
+
+
+class LazyBackend:
+    """Loads the policy on the first ``generate``: a finished evaluation loads nothing."""
+
+    def __init__(self, cfg, adapter: str | None):
+        self.cfg, self.adapter, self.inner = cfg, adapter, None
+
+    def _load(self):
+        cfg = self.cfg
+        if cfg.backend == "vllm":
+            inner = VLLMBackend.from_model(local_folder(cfg.model), load_tokenizer(cfg.model))
+            if self.adapter:
+                inner.set_adapter(self.adapter)
+            return inner
+        policy = load_policy(cfg.model, dtype=cfg.dtype, device=cfg.device, adapter=self.adapter)
+        # evaluate() shows the progress bar; one per batch here would only add noise
+        return TransformersBackend(policy.model, policy.tokenizer, cfg.gen_batch, progress=False)
+
+    def generate(self, prompts, n, sampling, keys=None):
+        if self.inner is None:
+            self.inner = self._load()
+        return self.inner.generate(prompts, n, sampling, keys=keys)
+
+
+def eval_sampling(cfg) -> Sampling:
+    """The experiment's evaluation sampling (the paper's: T 0.6, top-p 0.95)."""
+    return Sampling(cfg.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, seed=cfg.seed)
+
+
+def evaluate_policy(
+    cfg,
+    label: str,
+    benchmarks: dict[str, list[Problem]],
+    *,
+    adapter: str | Path | None = None,
+    k: int | None = None,
+    sampling: Sampling | None = None,
+    prompt_fn=None,
+) -> EvalResult:
+    """Evaluate (or resume, or find finished) the base policy or ``adapter``; the folder is
+    keyed by the adapter's bytes, not its path, so a moved run folder finds its work."""
+    k = k or cfg.eval_k
+    sampling = sampling or eval_sampling(cfg)
+    prompt_fn = prompt_fn or (lambda p: student_prompt(p.question))
+    identity = {
+        "model": cfg.model,
+        "dtype": cfg.dtype,
+        "adapter": cache.file_digest(Path(adapter)) if adapter else None,
+        "k": k,
+        "sampling": dataclasses.asdict(sampling),
+        "thinking": cfg.thinking,
+        "few_shot": cfg.few_shot,
+        "problems": {n: [(p.id, prompt_fn(p)) for p in ps] for n, ps in benchmarks.items()},
+    }
+    return evaluate(
+        LazyBackend(cfg, str(adapter) if adapter else None),
+        load_tokenizer(cfg.model),
+        benchmarks,
+        k=k,
+        sampling=sampling,
+        out_dir=cache.folder(cfg.out, "eval", label, identity),
+        prompt_fn=prompt_fn,
+        thinking=THINKING[cfg.thinking],
+        few_shot=cfg.few_shot,
+    )

@@ -1,0 +1,261 @@
+"""The one run loop SFT, GRPO and SDPO share: resume, step, metrics row, checkpoint.
+
+One step (DESIGN.md's data flow), ``one_step``:
+    1. take the step's data (a pure function of seed and step: resumes exactly)
+    2. on-policy: roll out ``rollouts_per_prompt`` responses each with the current policy
+    3. on-policy: grade them: reward r = 1 if the final answer is right, else 0
+    4. the algorithm builds its loss inputs (GRPO: advantages; SDPO: demonstrations and
+       teacher prompts; SFT: the packed pairs)
+    5. optimizer updates over mini-batches of prompts, micro-batches accumulated
+    6. one metrics row (``sdlib.metrics``), samples; checkpoint every ``save_every`` steps
+
+Phases 1-4 are the algorithm's ``batch``, phase 5's loss its ``micro_loss``; the loop and
+the update are the same code for all three (``Algorithm`` says what they provide).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from sdlib.losses import loss_normalizer
+from sdlib.metrics import check_row, token_metrics
+from sdlib.runfolder import RunFolder, flatten, unflatten
+from sdlib.schema import ConfigError, read_yaml, save
+from sdlib.train import core
+from sdlib.train.dist import SINGLE, Dist
+
+METRICS_FILE, SAMPLES_FILE = "metrics.jsonl", "samples.jsonl"
+# parameters a resumed run may change: they do not alter what the steps compute
+RESUMABLE = {"steps", "save_every", "sample_every", "out", "log_to"}
+
+
+@dataclass(kw_only=True)
+class Batch:
+    """One step's samples as the update sees them (N samples, G update groups)."""
+
+    student: core.Packed  # [N, T]
+    group: torch.Tensor  # [N] the update group (problem or pair) of each sample
+    groups: int  # G, the groups this process holds
+    active: torch.Tensor  # [N] bool: the sample is forwarded in the loss
+    extra: dict = field(default_factory=dict)
+
+
+class Algorithm(Protocol):
+    """What the run loop asks of a training algorithm (``sdlib.train.ALGORITHMS``)."""
+
+    def __init__(self, cfg, policy, data: list) -> None: ...
+
+    def steps(self) -> int: ...  # how many steps the run has
+
+    def batch(self, step: int, dist: Dist) -> Batch: ...  # phases 1-4
+
+    def counted(self, batch: Batch) -> torch.Tensor: ...  # [N] samples in the normaliser
+
+    # the loss of micro-batch ``rows`` and, per forwarded token, its ``token_metrics``
+    def micro_loss(self, model, batch: Batch, rows, norm) -> tuple[torch.Tensor, dict]: ...
+
+    def after_update(self, model) -> None: ...
+
+    def row(self, batch: Batch) -> dict: ...  # the step's own metrics
+
+    def samples(self, batch: Batch, step: int) -> list[dict]: ...  # rows of samples.jsonl
+
+    def state(self) -> dict: ...  # what a checkpoint keeps beyond weights and optimizer
+
+    def load_state(self, state: dict) -> None: ...
+
+
+def update_phase(algo, model, batch: Batch, opt, sched, cfg, dist: Dist = SINGLE) -> dict:
+    """Phase 5: one optimizer update per mini-batch of groups, micro-batches accumulated.
+
+    Each micro-batch loss is divided by its mini-batch's normalizer (summed over
+    processes), so the accumulated gradient, and the summed loss, equal those of the whole
+    mini-batch's aggregated loss whatever ``micro_batch`` is. Per-token statistics are
+    gathered over the step and averaged once, so they do not depend on it either.
+    """
+    device = next(model.parameters()).device
+    tokens: dict[str, list[torch.Tensor]] = {k: [] for k in token_metrics(cfg.algo, cfg)}
+    updates: dict[str, list[float]] = {"train/loss": [], "train/grad_norm": [], "train/lr": []}
+    forwarded = 0
+    model.train()
+    size = (cfg.prompts_per_update or cfg.prompts_per_step) // dist.world  # this process's
+    for lo in range(0, batch.groups, size):
+        in_update = (batch.group >= lo) & (batch.group < lo + size)
+        counted = batch.student.loss_mask[in_update & algo.counted(batch)]
+        norm = loss_normalizer(counted, cfg.loss_agg) if counted.numel() else torch.tensor(0)
+        norm = dist.sum(norm.float())
+        rows = (in_update & batch.active).nonzero().squeeze(1)
+        opt.zero_grad(set_to_none=True)
+        loss = 0.0
+        for part in core.micro_batches(len(rows), cfg.micro_batch):
+            micro, per_token = algo.micro_loss(model, batch, rows[part], norm.to(device))
+            micro.backward()
+            loss += float(micro.detach())
+            forwarded += int(batch.student.loss_mask[rows[part]].sum())
+            if per_token.keys() != tokens.keys():
+                raise RuntimeError(
+                    f"micro_loss returned {sorted(per_token)}, not {algo.token_stats}"
+                )
+            for name, values in per_token.items():
+                tokens[name].append(values.detach().double().cpu())
+        params = [p for p in model.parameters() if p.requires_grad]
+        dist.sum_grads(params)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        updates["train/grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, clip)))
+        updates["train/lr"].append(sched.get_last_lr()[0])
+        updates["train/loss"].append(loss if len(rows) else math.nan)
+        opt.step()
+        sched.step()
+        algo.after_update(model)
+    row = {k: _mean(torch.tensor(v, dtype=torch.float64)) for k, v in updates.items()}
+    row.update({k: _mean(torch.cat(v)) if v else None for k, v in tokens.items()})
+    row["train/tokens"] = forwarded
+    return row
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    """Mean of the finite values; None when there are none (nothing was computed)."""
+    values = values[values.isfinite()]
+    return float(values.mean()) if values.numel() else None
+
+
+def one_step(algo, model, cfg, step, opt, sched, run: RunFolder, dist: Dist = SINGLE) -> dict:
+    """Phases 1-6 of one step (module docstring); returns its checked metrics row."""
+    start = time.perf_counter()
+    batch = algo.batch(step, dist)  # 1-4
+    ready = time.perf_counter()
+    stats = update_phase(algo, model, batch, opt, sched, cfg, dist)  # 5
+    done = time.perf_counter()
+    sampled = dist.main and cfg.sample_every and step % cfg.sample_every == 0
+    if sampled and (samples := algo.samples(batch, step)):  # 6
+        run.append(SAMPLES_FILE, samples)
+    row = {
+        "step": step,
+        **algo.row(batch),
+        **stats,
+        "time/update": done - ready,
+        "time/step": time.perf_counter() - start,
+    }
+    return check_row(dist.mean_row(row), cfg.algo, cfg)
+
+
+def train_loop(cfg, algo_cls, data: list) -> RunFolder:
+    """Run (or resume exactly) the training run ``cfg`` describes in ``cfg.out``."""
+    dist = Dist.from_env(cfg.device)
+    dist.check(cfg)
+    run = RunFolder(cfg.out)
+    with run.lock() if dist.main else contextlib.nullcontext():
+        policy = core.load_training_policy(cfg)
+        algo = algo_cls(cfg, policy, data)
+        opt, sched = core.make_optimizer(policy.model, cfg)
+        start = resume(run, cfg, policy.model, opt, sched, algo, dist)
+        total = algo.steps()
+        bar = tqdm(range(start, total), desc=f"{cfg.algo} steps", initial=start, total=total,
+                   disable=not dist.main)  # fmt: skip
+        for step in bar:
+            row = one_step(algo, policy.model, cfg, step, opt, sched, run, dist)
+            if dist.main:
+                run.append(METRICS_FILE, [row])
+                log_row(cfg, run, row)
+            if dist.main and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
+                save_checkpoint(run, step + 1, policy.model, opt, sched, algo)
+    return run
+
+
+# ---------------------------------------------------------------------------------------
+# Resume and checkpoints
+
+
+def resume(run: RunFolder, cfg, model, opt, sched, algo, dist: Dist = SINGLE) -> int:
+    """The first step to compute: that of the newest intact checkpoint no later than the
+    rows on disk, whose state is loaded; rows after it are dropped (they are recomputed)."""
+    if dist.main:
+        check_params(run, cfg)
+    metrics, samples = run.read(METRICS_FILE), run.read(SAMPLES_FILE)
+    whole = next((i for i, r in enumerate(metrics[: metrics.intact]) if r.get("step") != i),
+                 metrics.intact)  # fmt: skip
+    if samples.damaged:  # the step of the last good row before the damage may be partial
+        whole = min(whole, samples[samples.intact - 1]["step"] if samples.intact else 0)
+    found = run.latest(at_most=whole)
+    start = 0
+    if found is not None:
+        start, folder = found
+        load_checkpoint(run, folder, model, opt, sched, algo)
+    if dist.main:
+        for name in (METRICS_FILE, SAMPLES_FILE):
+            run.truncate(name, start)
+    return start
+
+
+def check_params(run: RunFolder, cfg) -> None:
+    """Write params.yaml; a folder that holds work must have been run with the same ones."""
+    saved = run.file("params.yaml")
+    has_work = bool(run.checkpoints()) or bool(run.read(METRICS_FILE))
+    if saved.exists() and has_work:
+        before = read_yaml(saved.read_text(), str(saved)) or {}
+        changed = sorted(
+            k for k, v in vars(cfg).items() if k not in RESUMABLE and before.get(k) != v
+        )
+        if changed:
+            raise ConfigError(
+                f"{run.path} holds a run with other parameters ({', '.join(changed)}); "
+                f"use a new out folder, or the same parameters to resume"
+            )
+    save(cfg, saved)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run: RunFolder, step: int, model, opt, sched, algo):
+    """Adapter (peft format, for eval and vLLM) plus everything exact resumption needs:
+    trainable weights, optimizer and scheduler, RNG states, the algorithm's state."""
+    state = {
+        "step": step,
+        "trainable": trainable_state(model),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+        "algo": algo.state(),
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = flatten(state, tensors)
+    return run.save_checkpoint(step, model, tensors, skeleton)
+
+
+def load_checkpoint(run: RunFolder, folder, model, opt, sched, algo) -> dict:
+    tensors, skeleton = run.load_checkpoint(folder)
+    state = unflatten(skeleton, tensors)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    algo.load_state(state["algo"])
+    return state
+
+
+def log_row(cfg, run: RunFolder, row: dict) -> None:
+    """Stream a metrics row to the trackers named in ``cfg.log_to`` (``LOGGERS``)."""
+    from sdlib.train.trackers import tracker
+
+    for name in cfg.log_to:
+        tracker(name, run.path, cfg).log(row)
