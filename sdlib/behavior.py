@@ -33,6 +33,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from sdlib.prompts import split_thinking
+
 EPISTEMIC_WORDS = (
     "wait",
     "hmm",
@@ -66,18 +68,6 @@ def epistemic_total(text: str, mode: str = "substring") -> int:
     return sum(epistemic_counts(text, mode).values())
 
 
-def split_think(text: str) -> tuple[str, str]:
-    """(thinking, answer) split at the last ``</think>``; a leading ``<think>`` is dropped."""
-    cut = text.rfind("</think>")
-    if cut >= 0:
-        thinking, answer = text[:cut], text[cut + len("</think>") :]
-    elif text.lstrip().startswith("<think>"):
-        thinking, answer = text, ""  # cut off before the thinking closed
-    else:
-        thinking, answer = "", text
-    return thinking.lstrip().removeprefix("<think>"), answer
-
-
 def _count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
@@ -87,7 +77,8 @@ def behavior_row(text: str, tokenizer=None, token_ids: Sequence[int] | None = No
 
     ``tokenizer`` needs ``encode(text, add_special_tokens=False) -> list`` (any Hugging
     Face tokenizer); ``token_ids`` are the response's generated ids, when known."""
-    thinking, answer = split_think(text)
+    thinking, answer = split_thinking(text)
+    thinking, answer = thinking or "", answer or ""
     if token_ids is not None:
         length = len(token_ids)
     else:

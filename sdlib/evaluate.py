@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from sdlib.behavior import EPISTEMIC_WORDS, behavior_row
 from sdlib.grading import extract_answer, grade_response
 from sdlib.metrics import check_row
 from sdlib.problems import Problem
+from sdlib.progress import tqdm
 from sdlib.prompts import chat, student_prompt
 from sdlib.rollout import Sampling
 from sdlib.runfolder import RunFolder, append_jsonl, read_jsonl, rewrite_jsonl

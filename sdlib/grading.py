@@ -80,8 +80,8 @@ from fractions import Fraction
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-THINK_CLOSE = "</think>"
-THINK_OPEN = "<think>"
+from sdlib.prompts import split_thinking
+
 MAX_FAST_CHARS = 1000  # longer strings skip the fast path (no ints over ~1000 digits)
 MAX_SYMBOLIC_CHARS = 1000  # longer strings are refused by the symbolic path
 MAX_DEPTH = 8  # brackets of every kind together; solver time grows ~1.6x a level past this
@@ -108,14 +108,9 @@ _ANSWER_LINE_RE = re.compile(r"[ \t>#*_]*(?:final[ \t]+)?answer[ \t*_]*[:\uff1a]
 
 
 def answer_part(text: str) -> str | None:
-    """The part of a response after its last ``</think>``.
-
-    No ``</think>`` and an opening ``<think>``: the response stopped mid-thought -> None.
-    No think tags at all: the whole text (non-thinking models)."""
-    cut = text.rfind(THINK_CLOSE)
-    if cut >= 0:
-        return text[cut + len(THINK_CLOSE) :]
-    return None if THINK_OPEN in text else text
+    """The part of a response after its last ``</think>`` (``prompts.split_thinking``):
+    None when it stopped mid-thought, the whole text when it has no think tags."""
+    return split_thinking(text)[1]
 
 
 def _braced(text: str, i: int) -> str | None:

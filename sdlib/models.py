@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,16 +266,19 @@ def _attach_adapter(model, lora: LoraSpec | None, adapter, four_bit: bool):
 
     if four_bit:
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if adapter is not None:
-        return peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    config = peft.LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
+        if adapter is not None:
+            return peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        config = peft.LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return peft.get_peft_model(model, config)
 
 
 @contextlib.contextmanager

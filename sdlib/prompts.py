@@ -60,20 +60,22 @@ def hint_prompt(question: str, solution: str) -> str:
     return HINT_TEMPLATE.format(question=question, solution=solution)
 
 
-def split_thinking(text: str) -> tuple[str | None, str]:
-    """Split a response into (thinking, answer) at the last ``</think>``.
+def split_thinking(text: str) -> tuple[str | None, str | None]:
+    """(thinking, answer) of a response: the one place sdlib splits off a thinking block.
 
-    A response with no ``</think>`` has no thinking part (``None``). A leading ``<think>``
-    is dropped from the thinking part; R1-Distill templates open it in the prompt, so the
-    response then holds only a lone ``</think>``.
-    """
+    - ``<think> t </think> a``: (`` t ``, `` a``); split at the *last* ``</think>``, so with
+      several blocks everything before it is thinking;
+    - ``t </think> a``: (``t ``, `` a``): the chat template opened ``<think>`` in the prompt
+      (R1-Distill), so the response holds only a lone ``</think>``;
+    - ``<think> t`` with no ``</think>``: (`` t``, None): cut off mid-thought, no answer;
+    - no tags: (None, text).
+    The parts are raw slices (whitespace kept); a leading ``<think>`` is dropped."""
     head, sep, tail = text.rpartition(THINK_CLOSE)
     if not sep:
-        return None, text
-    head = head.strip()
-    if head.startswith(THINK_OPEN):
-        head = head[len(THINK_OPEN) :]
-    return head.strip(), tail.lstrip()
+        before, opened, after = text.partition(THINK_OPEN)
+        return (after, None) if opened else (None, text)
+    stripped = head.lstrip()
+    return stripped.removeprefix(THINK_OPEN) if stripped.startswith(THINK_OPEN) else head, tail
 
 
 def strip_thinking(text: str) -> str:

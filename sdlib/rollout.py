@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
+
+from sdlib.progress import tqdm
 
 # transformers renamed ``past_key_values`` to ``cache`` during 5.x; speak whichever it knows.
 _CACHE_KW = (

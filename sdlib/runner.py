@@ -4,7 +4,8 @@
         notebooks/<name>.ipynb       executed copies (with outputs); <name>.done when finished
         <name>/tables/*.csv, <name>/figures/*.png
         train/, eval/                content-addressed training and evaluation runs
-        report.md                    every table and figure, in the study's order
+        report.md, report.html       every note, table and figure, in the study's order
+                                     (the html one file with the figures embedded)
 
 Parameters come from ``params/<preset>/<name>.yaml``, then ``-p key value`` overrides, and
 are validated by the notebook's schema before anything runs. A rerun on the same folder
@@ -13,13 +14,18 @@ skips finished notebooks and resumes the rest.
 
 from __future__ import annotations
 
+import base64
+import os
+import sys
 import time
+from html import escape
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from sdlib import config as cfgmod
+from sdlib.runfolder import RunFolder, write_atomic
 from sdlib.settings import REPO_ROOT
 
 NOTEBOOKS = list(cfgmod.EXPERIMENTS)
@@ -78,26 +84,39 @@ def run(
     if unknown:
         raise cfgmod.ConfigError(f"-p {unknown}: no selected notebook has such a parameter")
     params = {n: notebook_params(n, preset, root, overrides) for n in names}  # all before any
-    (root / "notebooks").mkdir(parents=True, exist_ok=True)
-    for name in names:
-        done = root / "notebooks" / f"{name}.done"
-        if done.exists():
-            print(f"[sdlib run] {name}: finished earlier, skipped")
-            continue
-        start = time.perf_counter()
-        execute(name, root, params[name])
-        done.write_text(f"{time.perf_counter() - start:.1f} s\n")
-        print(f"[sdlib run] {name}: {time.perf_counter() - start:.0f} s")
-    report = write_report(root, names)
+    with RunFolder(root).lock():
+        (root / "notebooks").mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        for i, name in enumerate(names, 1):
+            done = root / "notebooks" / f"{name}.done"
+            if done.exists():
+                print(f"[sdlib run] {i}/{len(names)} {name}: finished earlier, skipped")
+                continue
+            print(f"[sdlib run] {i}/{len(names)} {name}: running (cells and the bars inside "
+                  f"them follow; ETA per notebook on the Executing bar)", flush=True)  # fmt: skip
+            start = time.perf_counter()
+            execute(name, root, params[name])
+            done.write_text(f"{time.perf_counter() - start:.1f} s\n")
+            print(f"[sdlib run] {i}/{len(names)} {name}: done in {_clock(start)} "
+                  f"(run so far {_clock(started)})", flush=True)  # fmt: skip
+        md, html = write_report(root, names)
     # the tables, in the terminal too (figures: see the report)
-    print("\n".join(x for x in report.read_text().splitlines() if not x.startswith("![")))
-    print(f"[sdlib run] report with figures: {report}")
+    print("\n".join(x for x in md.read_text().splitlines() if not x.startswith("![")))
+    print(f"[sdlib run] report: {md} and {html} (one file, figures inside)")
     return root
 
 
+def _clock(start: float) -> str:
+    seconds = int(time.perf_counter() - start)
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+
+
 def execute(name: str, root: Path, params: dict) -> None:
+    """Run one notebook through papermill, showing its cell progress and the kernel's
+    output (sdlib's own rollout, training and evaluation bars) as it runs."""
     import papermill as pm
 
+    os.environ["SDLIB_TEXT_PROGRESS"] = "1"  # the kernel inherits it: bars as text
     target = root / "notebooks" / f"{name}.ipynb"
     try:
         pm.execute_notebook(
@@ -106,8 +125,9 @@ def execute(name: str, root: Path, params: dict) -> None:
             parameters=params,
             kernel_name="python3",
             cwd=str(REPO_ROOT),
-            progress_bar=False,
-            log_output=False,
+            progress_bar=True,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
         )
     except pm.PapermillExecutionError as err:
         raise NotebookFailed(
@@ -116,19 +136,53 @@ def execute(name: str, root: Path, params: dict) -> None:
         ) from None
 
 
-def write_report(root: Path, names: list[str]) -> Path:
-    """report.md: every table (as markdown) and figure of the finished notebooks."""
-    lines = [f"# sdlib report: {root.name}", ""]
+def report_parts(folder: Path) -> tuple[str, list[tuple[str, pd.DataFrame]], list[Path]]:
+    """What a notebook's results folder holds: notes (markdown), tables, figures."""
+    notes = folder / "notes.md"
+    tables = [(c.stem, pd.read_csv(c, index_col=0)) for c in sorted(folder.glob("tables/*.csv"))]
+    return (
+        (notes.read_text() if notes.exists() else ""),
+        tables,
+        sorted(folder.glob("figures/*.png")),
+    )
+
+
+def write_report(root: Path, names: list[str]) -> tuple[Path, Path]:
+    """report.md (figures linked) and report.html (one self-contained file, figures
+    embedded, to mail or attach): the notes, tables and figures of the finished notebooks."""
+    md = [f"# sdlib report: {root.name}", ""]
+    html = [f"<h1>sdlib report: {escape(root.name)}</h1>"]
     for name in names:
-        folder = root / name
-        if not folder.exists():
+        if not (root / name).exists():
             continue
-        lines += [f"## {name}", ""]
-        for csv in sorted((folder / "tables").glob("*.csv")):
-            frame = pd.read_csv(csv, index_col=0)
-            lines += [f"**{csv.stem}**", "", frame.round(3).to_markdown(), ""]
-        for png in sorted((folder / "figures").glob("*.png")):
-            lines += [f"![{png.stem}]({png.relative_to(root)})", ""]
-    path = root / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+        notes, tables, figures = report_parts(root / name)
+        md += [f"## {name}", "", notes]
+        html += [
+            f"<h2>{escape(name)}</h2>",
+            f"<pre class=notes>{escape(notes)}</pre>" if notes else "",
+        ]
+        for stem, frame in tables:
+            md += [f"**{stem}**", "", frame.round(3).to_markdown(), ""]
+            html += [f"<h3>{escape(stem)}</h3>", frame.to_html(float_format=lambda v: f"{v:.3f}")]
+        for png in figures:
+            md += [f"![{png.stem}]({png.relative_to(root)})", ""]
+            data = base64.b64encode(png.read_bytes()).decode()
+            html += [f"<figure><img alt='{escape(png.stem)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{escape(png.stem)}</figcaption></figure>"]  # fmt: skip
+    md_path, html_path = root / "report.md", root / "report.html"
+    write_atomic(md_path, "\n".join(md))
+    write_atomic(html_path, HTML_PAGE.format(title=escape(root.name), body="\n".join(html)))
+    return md_path, html_path
+
+
+HTML_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>sdlib report: {title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1.5rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: right; }}
+img {{ max-width: 100%; }} pre.notes {{ white-space: pre-wrap; font-family: inherit; }}
+</style></head><body>
+{body}
+</body></html>
+"""

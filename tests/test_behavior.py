@@ -5,7 +5,6 @@ from sdlib.behavior import (
     behavior_row,
     epistemic_counts,
     epistemic_total,
-    split_think,
 )
 
 ZERO = dict.fromkeys(EPISTEMIC_WORDS, 0)
@@ -67,13 +66,6 @@ def test_empty_text_and_bad_mode():
     assert epistemic_total("") == 0
     with pytest.raises(ValueError, match="mode"):
         epistemic_counts("wait", mode="lemma")
-
-
-def test_split_think_variants():
-    assert split_think("<think>a b</think>c") == ("a b", "c")
-    assert split_think("a </think> b </think> c") == ("a </think> b ", " c")  # last tag
-    assert split_think("<think>cut off mid") == ("cut off mid", "")
-    assert split_think("no tags here") == ("", "no tags here")
 
 
 def test_behavior_row_with_fake_tokenizer():

@@ -16,7 +16,6 @@ import pytest
 from sdlib import grading
 from sdlib.grading import (
     Grade,
-    answer_part,
     extract_answer,
     grade,
     grade_response,
@@ -66,12 +65,6 @@ def worker():
 )
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
-
-
-def test_answer_part():
-    assert answer_part("a</think>b</think>c") == "c"
-    assert answer_part("<think>open") is None
-    assert answer_part("plain") == "plain"
 
 
 @pytest.mark.parametrize(

@@ -35,11 +35,17 @@ def test_few_shot_is_an_earlier_exchange_of_the_chat(bundled):
 
 
 def test_split_thinking_forms():
-    assert split_thinking("<think>hmm</think> It is \\boxed{4}") == ("hmm", "It is \\boxed{4}")
+    # the one splitter: grading's answer part and behaviour's token counts are its halves
+    assert split_thinking("<think>hmm</think> It is \\boxed{4}") == ("hmm", " It is \\boxed{4}")
+    assert split_thinking("  <think>a b</think>c") == ("a b", "c")
+    # no opening tag: the chat template opened it (R1-Distill)
     assert split_thinking("lone part</think>answer") == ("lone part", "answer")
+    # no closing tag: cut off mid-thought, so there is no answer part
+    assert split_thinking("<think>cut off mid") == ("cut off mid", None)
     assert split_thinking("no thinking here") == (None, "no thinking here")
-    # the last </think> splits: a model may write one inside its thinking
+    # several blocks: the last </think> splits (a model may write one inside its thinking)
     assert split_thinking("a</think>b</think>c") == ("a</think>b", "c")
+    assert split_thinking("<think>a</think> b <think>c</think> d") == ("a</think> b <think>c", " d")
 
 
 def test_strip_thinking_both_forms():

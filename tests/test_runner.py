@@ -63,6 +63,10 @@ def test_report_gathers_every_notebook(smoke_run):
     for name in NOTEBOOKS:
         assert f"## {name}" in report
     assert report.count("![") == sum(len(v) for v in FIGURES.values())
+    # one self-contained html file: every figure embedded, no link to a file beside it
+    html = (root / "report.html").read_text()
+    assert html.count("src='data:image/png;base64,") == report.count("![")
+    assert all(f"<h2>{name}</h2>" in html for name in NOTEBOOKS) and "figures/" not in html
 
 
 def test_rerun_resumes_finished_notebooks(smoke_run, capsys):

@@ -3,6 +3,7 @@ micro-batching, metrics and exact resumption."""
 
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -364,3 +365,34 @@ def test_config_dependent_metrics_are_absent_not_zero(tmp_path, monkeypatch):
     kl = train(cfg_for(tmp_path / "b", algo="grpo", steps=1, kl_coef=0.1, dual_clip=3.0))
     row = kl.read("metrics.jsonl")[0]
     assert row["train/kl_initial"] >= 0 and 0 <= row["train/dual_clip_frac"] <= 1
+
+
+def test_metrics_stream_to_tensorboard_and_wandb(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sdlib.train import trackers, train
+
+    logged = []
+
+    class FakeRun:
+        def log(self, values, step):
+            logged.append((step, values))
+
+    fake = types.SimpleNamespace(init=lambda **kw: logged.append(("init", kw)) or FakeRun())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr(trackers, "_OPEN", {})
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+    run = train(cfg_for(tmp_path, algo="grpo", steps=2, log_to=["tensorboard", "wandb"]))
+    rows = run.read("metrics.jsonl")
+    events = EventAccumulator(str(run.path / "tensorboard"))
+    events.Reload()
+    reward = events.Scalars("rollout/reward_mean")
+    assert [e.step for e in reward] == [0, 1]
+    assert [e.value for e in reward] == pytest.approx([r["rollout/reward_mean"] for r in rows])
+    assert logged[0][0] == "init" and os.environ.pop("WANDB_MODE") == "offline"
+    assert [step for step, _ in logged[1:]] == [0, 1]
+    assert logged[1][1]["train/grad_norm"] == pytest.approx(rows[0]["train/grad_norm"])

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from sdlib.losses import loss_normalizer
 from sdlib.metrics import check_row, token_metrics
+from sdlib.progress import tqdm
 from sdlib.runfolder import RunFolder, flatten, unflatten
 from sdlib.schema import ConfigError, read_yaml, save
 from sdlib.train import core
