@@ -49,12 +49,12 @@ bench-trl: setup
 	$(BIN)/python bench/vs_trl.py
 
 lint: setup
-	$(BIN)/ruff check sdlib tests bench
-	$(BIN)/ruff format --check sdlib tests bench
+	$(BIN)/ruff check sdlib tests bench notebooks
+	$(BIN)/ruff format --check sdlib tests bench notebooks
 
 format: setup
-	$(BIN)/ruff format sdlib tests bench
-	$(BIN)/ruff check --fix sdlib tests bench
+	$(BIN)/ruff format sdlib tests bench notebooks
+	$(BIN)/ruff check --fix sdlib tests bench notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,8 +6,9 @@ Two backends:
     VLLMBackend           GPU only, imported lazily; LoRA adapters through LoRA requests
 
 Log-probs are those of the distribution the token was drawn from before top-p/top-k
-truncation: ``log softmax(logits / temperature)[token]``. At temperature 1 (the training
-rollouts) that is the policy's own log-prob, the ``pi_old`` of the importance ratio.
+truncation: ``log softmax(logits / temperature)[token]``, the ``pi_old`` of the importance
+ratio; the losses score tokens at the same temperature (``sdlib.head.Head``), so the ratio
+starts at 1 whatever the rollout temperature (the paper's 1.0, the tiny preset's 0.7).
 """
 
 from __future__ import annotations
