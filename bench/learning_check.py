@@ -80,8 +80,8 @@ def main(argv=None) -> None:
         run = training.train(
             cfg, training.config(cfg, algo, ["synthetic:word_problem:1:64"], train)
         )
-        m = training.metrics(run)
-        after = evaluate_policy(cfg, f"{algo}-final", held_out, adapter=training.final_adapter(run))
+        m = run.metrics
+        after = evaluate_policy(cfg, f"{algo}-final", held_out, adapter=run.adapter)
         half = max(1, len(m) // 2)
         rows.append(
             [

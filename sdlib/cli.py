@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except cfgmod.ConfigError as err:
         print(f"sdlib: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        # model not found, data unavailable, a notebook failed: the message says the fix
+    except (OSError, ValueError, RuntimeError) as err:
+        # model or data not found, a busy run folder, a notebook failed: the message says
+        # the fix, so no traceback
         print(f"sdlib: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0

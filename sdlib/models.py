@@ -270,6 +270,12 @@ def _attach_adapter(model, lora: LoraSpec | None, adapter, four_bit: bool):
         # peft reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
         if adapter is not None:
+            if not (Path(adapter) / "adapter_model.safetensors").is_file():
+                raise ModelNotFoundError(
+                    f"adapter {str(adapter)!r} holds no adapter_model.safetensors; sdlib loads "
+                    f"adapters from safetensors only (an adapter_model.bin is a pickle, which "
+                    f"could run code)"
+                )
             return peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
         config = peft.LoraConfig(
             r=lora.r,

@@ -235,17 +235,20 @@ def verify(folder: Path) -> str | None:
     one line naming the first bad file."""
     manifest = folder / MANIFEST
     try:
-        entries = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError):
+        entries = json.loads(manifest.read_bytes())
+        if not (isinstance(entries, dict) and entries):
+            raise ValueError("not a mapping of files")
+        entries = {str(n): (int(e["bytes"]), str(e["sha256"])) for n, e in entries.items()}
+    except (OSError, ValueError, TypeError, KeyError):  # absent, not JSON, or not ours
         return f"{folder}: no readable {MANIFEST} (an interrupted or foreign checkpoint)"
-    for name, entry in entries.items():
+    for name, (size_written, digest) in entries.items():
         path = folder / name
         if not path.is_file():
             return f"{path} is missing"
         size = path.stat().st_size
-        if size != entry["bytes"]:
-            return f"{path} has {size:,} bytes where {entry['bytes']:,} were written"
-        if _sha256(path) != entry["sha256"]:
+        if size != size_written:
+            return f"{path} has {size:,} bytes where {size_written:,} were written"
+        if _sha256(path) != digest:
             return f"{path} does not match the hash written with it"
     return None
 

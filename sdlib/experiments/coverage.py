@@ -52,10 +52,10 @@ def run(cfg: CoverageConfig) -> Results:
         for size, path in files.items():
             tcfg = training.config(cfg, algo, [str(path)], cfg.train, extra)
             run_dir = training.train(cfg, tcfg)
-            metrics = training.metrics(run_dir)
+            metrics = run_dir.metrics
             frames[f"{algo.upper()} |D|={size}"] = metrics
             ood = evaluate_policy(
-                cfg, f"{algo}-D{size}", benchmarks, adapter=training.final_adapter(run_dir)
+                cfg, f"{algo}-D{size}", benchmarks, adapter=run_dir.adapter
             ).samples
             late = metrics["rollout/reward_mean"].iloc[len(metrics) // 2 :]
             rows.append(

@@ -29,13 +29,11 @@ CURVES = ["rollout/reward_mean", "rollout/len_tokens", "rollout/epi_total", "tra
 def compare(cfg, res: Results, runs: dict, title: str) -> dict[str, pd.DataFrame]:
     """Train each named TrainConfig, evaluate base and finals OOD, write tables/figures."""
     trained = {label: training.train(cfg, t) for label, t in runs.items()}
-    frames = {label: training.metrics(r) for label, r in trained.items()}
+    frames = {label: r.metrics for label, r in trained.items()}
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
     evals = {"base": evaluate_policy(cfg, "base", benchmarks)}
     for label, r in trained.items():
-        evals[label] = evaluate_policy(
-            cfg, label.replace(" ", "_"), benchmarks, adapter=training.final_adapter(r)
-        )
+        evals[label] = evaluate_policy(cfg, label.replace(" ", "_"), benchmarks, adapter=r.adapter)
     subtitle = f"{cfg.model} · preset {cfg.preset}"
     res.table("training_summary", training_summary(frames))
     ood = res.table("ood", ood_table(evals))

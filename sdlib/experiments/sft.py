@@ -51,9 +51,7 @@ def run(cfg: SFTExperimentConfig) -> Results:
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
     evals = {"base": evaluate_policy(cfg, "base", benchmarks)}
     for label, r in runs.items():
-        evals[label] = evaluate_policy(
-            cfg, label.replace(" ", "_"), benchmarks, adapter=training.final_adapter(r)
-        )
+        evals[label] = evaluate_policy(cfg, label.replace(" ", "_"), benchmarks, adapter=r.adapter)
     table = res.table("table2", accuracy_table(evals))
     res.table("behaviour", behaviour_table(evals))
     res.table("sft_data", pd.DataFrame({"pairs": sizes}).rename_axis("set"))
@@ -62,7 +60,7 @@ def run(cfg: SFTExperimentConfig) -> Results:
     res.figure(
         "sft_loss",
         plots.training_curves(
-            {k: training.metrics(r) for k, r in runs.items()},
+            {k: r.metrics for k, r in runs.items()},
             ["train/loss"],
             subtitle,
             "SFT training loss",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ import sdlib.train as trainers
 from sdlib.config import TrainConfig, from_dict
 from sdlib.experiments import cache
 from sdlib.runfolder import RunFolder
-from sdlib.train.loop import METRICS_FILE
+from sdlib.train.loop import METRICS_FILE, finished
 
 # what a training run inherits from the experiment it belongs to
 SHARED = ("model", "dtype", "device", "seed", "few_shot", "thinking", "gen_batch", "backend",
@@ -29,21 +30,34 @@ def config(cfg, algo: str, data: list[str], *overrides: dict) -> TrainConfig:
     return from_dict(TrainConfig, values)
 
 
-def train(cfg, tcfg: TrainConfig) -> RunFolder:
+@dataclass
+class Trained:
+    """A finished training run: its folder and the configuration it ran."""
+
+    run: RunFolder
+    config: TrainConfig
+
+    @property
+    def adapter(self) -> Path:
+        """The adapter of the final checkpoint, verified against its manifest."""
+        final = finished(self.run, self.config)
+        if final is None:
+            raise FileNotFoundError(
+                f"run {self.run.path} is not finished or its final checkpoint is damaged; "
+                f"training it again resumes from its newest intact checkpoint"
+            )
+        return final / "adapter"
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """One row per step (``sdlib.metrics``)."""
+        return pd.DataFrame(self.run.read(METRICS_FILE))
+
+
+def train(cfg, tcfg: TrainConfig) -> Trained:
     """Train (or resume, or find finished) ``tcfg`` in ``<out>/train/<algo>-<key>``: one
     folder per distinct configuration and code revision, whichever notebook asks for it."""
     keyed = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in UNKEYED}
     out = cache.folder(cfg.out, "train", tcfg.algo, {"revision": trainers.REVISION, **keyed})
-    return trainers.train(dataclasses.replace(tcfg, out=str(out)))
-
-
-def final_adapter(run: RunFolder) -> Path:
-    """The adapter of the run's newest intact checkpoint."""
-    found = run.latest()
-    if found is None:
-        raise FileNotFoundError(f"run {run.path} has no intact checkpoint; rerun it to finish")
-    return found[1] / "adapter"
-
-
-def metrics(run: RunFolder) -> pd.DataFrame:
-    return pd.DataFrame(run.read(METRICS_FILE))
+    tcfg = dataclasses.replace(tcfg, out=str(out))
+    return Trained(trainers.train(tcfg), tcfg)

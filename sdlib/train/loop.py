@@ -16,10 +16,12 @@ the update are the same code for all three (``Algorithm`` says what they provide
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -27,12 +29,12 @@ import torch
 from sdlib.losses import loss_normalizer
 from sdlib.metrics import check_row, token_metrics
 from sdlib.progress import tqdm
-from sdlib.runfolder import RunFolder, flatten, unflatten
+from sdlib.runfolder import RunFolder, flatten, unflatten, write_atomic
 from sdlib.schema import ConfigError, read_yaml, save
 from sdlib.train import core
 from sdlib.train.dist import SINGLE, Dist
 
-METRICS_FILE, SAMPLES_FILE = "metrics.jsonl", "samples.jsonl"
+METRICS_FILE, SAMPLES_FILE, DONE_FILE = "metrics.jsonl", "samples.jsonl", "done.json"
 # parameters a resumed run may change: they do not alter what the steps compute
 RESUMABLE = {"steps", "save_every", "sample_every", "out", "log_to"}
 
@@ -153,6 +155,8 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
     dist.check(cfg)
     run = RunFolder(cfg.out)
     with run.lock() if dist.main else contextlib.nullcontext():
+        if finished(run, cfg) is not None:
+            return run  # nothing to compute, so nothing to load
         policy = core.load_training_policy(cfg)
         algo = algo_cls(cfg, policy, data)
         opt, sched = core.make_optimizer(policy.model, cfg)
@@ -167,7 +171,23 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
                 log_row(cfg, run, row)
             if dist.main and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
                 save_checkpoint(run, step + 1, policy.model, opt, sched, algo)
+        if dist.main:
+            done = {"steps": total, "requested_steps": cfg.steps}
+            write_atomic(run.file(DONE_FILE), json.dumps(done))
     return run
+
+
+def finished(run: RunFolder, cfg) -> Path | None:
+    """The final checkpoint of a finished run, verified; None when there is work left
+    (never run, interrupted, more steps asked for, or the final checkpoint is damaged)."""
+    try:
+        done = json.loads(run.file(DONE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    found = run.latest()
+    if done.get("requested_steps") != cfg.steps or found is None or found[0] != done["steps"]:
+        return None
+    return found[1]
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,336 @@
+"""What a run folder guarantees (sdlib.runfolder) and what bad parameters get: nothing read
+from disk is unpickled, one writer at a time, no duplicated rows, damaged files are named
+and their work redone, and every bad value is one line before anything loads or is written.
+"""
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdlib import cli
+from sdlib.config import TrainConfig, from_dict
+from sdlib.grading import Grade
+from sdlib.runfolder import RunFolder, RunFolderBusy
+from sdlib.train import loop, onpolicy, train
+
+SMOKE = dict(
+    algo="grpo",
+    model="tiny-random:2x64",
+    data=["synthetic:addition:1:16"],
+    steps=4,
+    prompts_per_step=2,
+    rollouts_per_prompt=4,
+    max_new_tokens=8,
+    save_every=2,
+    lr=1e-2,
+    lora_r=4,
+)
+TIMING = {"time/rollout", "time/update", "time/step", "time/teacher"}
+
+
+def parity_grader(text, gold):
+    return Grade(len(text) % 2 == 0, "exact")
+
+
+@pytest.fixture
+def graded(monkeypatch):
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+
+
+def cfg_for(path, **kw):
+    return from_dict(TrainConfig, {**SMOKE, "out": str(path), **kw})
+
+
+def rows(path, name="metrics.jsonl"):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in RunFolder(path).read(name)]
+
+
+def weights(path, step):
+    state = load_file(Path(path) / "checkpoints" / f"step_{step}" / "state.safetensors")
+    return {k: v for k, v in state.items() if k.startswith(".trainable.")}
+
+
+def assert_same_run(a, b, step):
+    assert rows(a) == rows(b)
+    assert rows(a, "samples.jsonl") == rows(b, "samples.jsonl")
+    wa, wb = weights(a, step), weights(b, step)
+    assert wa.keys() == wb.keys() and wa
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted smoke run every interrupted one is compared with."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(onpolicy, "grade_response", parity_grader)
+    train(cfg_for(out))
+    mp.undo()
+    return out
+
+
+class Bomb:
+    """Unpickling this creates ``path``: what a crafted state.pt in a shared folder does."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_pickle_in_a_run_folder_is_never_loaded(tmp_path, whole, graded):
+    marker = tmp_path / "executed"
+    out = tmp_path / "run"
+    folder = out / "checkpoints" / "step_2"
+    folder.mkdir(parents=True)
+    for name in ("state.pt", "state.json", "state.safetensors", "manifest.json"):
+        (folder / name).write_bytes(pickle.dumps(Bomb(marker)))
+    # rows that make step_2 the checkpoint a resume would pick
+    head = (whole / "metrics.jsonl").read_text().splitlines(keepends=True)[:2]
+    (out / "metrics.jsonl").write_text("".join(head))
+    with pytest.warns(UserWarning, match=r"step_2: no readable manifest.json"):
+        train(cfg_for(out))
+    assert not marker.exists()
+    assert_same_run(out, whole, 4)  # the planted folder was skipped and replaced
+
+
+def test_a_kill_before_the_first_checkpoint_leaves_no_duplicate_rows(
+    tmp_path, whole, graded, monkeypatch
+):
+    real, calls = loop.one_step, {"n": 0}
+
+    def dying(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # step 0's row is written, no checkpoint exists yet
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "one_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(tmp_path))
+    assert [r["step"] for r in rows(tmp_path)] == [0]
+    monkeypatch.setattr(loop, "one_step", real)
+    train(cfg_for(tmp_path))
+    assert [r["step"] for r in rows(tmp_path)] == [0, 1, 2, 3]
+    assert_same_run(tmp_path, whole, 4)
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, graded):
+    with RunFolder(tmp_path).lock():
+        with pytest.raises(RunFolderBusy, match=rf"in use by process {os.getpid()}"):
+            train(cfg_for(tmp_path))
+        code = "from sdlib.cli import main; raise SystemExit(main())"
+        done = subprocess.run(
+            [sys.executable, "-c", code, "train", "grpo", "--model", "tiny-random:2x64",
+             "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert f"RunFolderBusy: run folder {tmp_path} is in use by process {os.getpid()}" in (
+            done.stderr
+        )
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_intact_one_before_it(tmp_path, whole, graded):
+    train(cfg_for(tmp_path))
+    state = tmp_path / "checkpoints" / "step_4" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match=r"step_4/state.safetensors has 100 bytes where"):
+        train(cfg_for(tmp_path))
+    assert_same_run(tmp_path, whole, 4)
+
+
+def test_a_damaged_final_adapter_is_not_a_finished_run(tmp_path, whole, graded):
+    from sdlib.experiments.training import Trained
+
+    cfg = cfg_for(tmp_path)
+    train(cfg)
+    adapter = tmp_path / "checkpoints" / "step_4" / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-10])
+    unfinished = pytest.raises(FileNotFoundError, match="not finished or its final checkpoint")
+    with pytest.warns(UserWarning, match="adapter_model.safetensors has"), unfinished:
+        _ = Trained(RunFolder(tmp_path), cfg).adapter
+    with pytest.warns(UserWarning, match="adapter_model.safetensors has"):
+        train(cfg)  # resumes from step 2 and writes step 4 again
+    assert Trained(RunFolder(tmp_path), cfg).adapter.is_dir()
+    assert_same_run(tmp_path, whole, 4)
+
+
+def test_a_cut_metrics_line_is_named_and_its_step_recomputed(tmp_path, whole, graded):
+    train(cfg_for(tmp_path, save_every=1))
+    path = tmp_path / "metrics.jsonl"
+    text = path.read_text()
+    path.write_text(text[: len(text) - 30])  # the last line cut mid-write
+    (tmp_path / "done.json").unlink()
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: 1 damaged line\(s\) \(first: line 4\)"):
+        train(cfg_for(tmp_path, save_every=1))
+    assert_same_run(tmp_path, whole, 4)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad parameters: one line naming the value and the fix, before anything loads or is written
+
+
+BAD = [
+    (["train", "grpo", "--config", "{bad_yaml}"], 2, "not valid YAML at line 2"),
+    (["train", "grpo", "--device", "cuda"], 2, "device = 'cuda', but this torch"),
+    (["train", "grpo", "--data", "{tmp}"], 1, "is a folder"),
+    (["train", "grpo", "--set", "data=[]"], 2, "data = []; expected at least one"),
+    (["train", "grpo", "--save-every", "0"], 2, "save_every = 0; expected a number in [1"),
+    (["train", "grpo", "--temperature", "-1"], 2, "temperature = -1.0"),
+    (["train", "grpo", "--top-p", "1.5"], 2, "top_p = 1.5; expected a number in (0, 1]"),
+    (["train", "grpo", "--lr", "0"], 2, "lr = 0.0; expected a number in (0, inf)"),
+    (["train", "grpo", "--lora-dropout", "1"], 2, "lora_dropout = 1.0"),
+    (["train", "sdpo", "--topk", "100000"], 2, "larger than tiny-random:2x64's vocabulary"),
+    (["train", "sdpo", "--is-clip", "-1"], 2, "is_clip = -1.0; expected a number in (0, inf)"),
+    (["train", "sdpo", "--distill-loss", "sampled-token"], 2, "defined for alpha = 1.0 only"),
+    (["train", "sdpo", "--topk", "0"], 2, "topk must be >= 1; for the whole vocabulary"),
+    (["train", "grpo", "--max-new-tokens", "100000"], 2, "has a context of 4096 tokens"),
+    (["train", "ppo"], 2, "algo = 'ppo'; expected one of ['grpo', 'sdpo', 'sft']"),
+    (["eval", "--limit", "-5"], 2, "limit = -5; expected a number in [0"),
+    (["eval", "--data", "no-such-set"], 1, "cannot load problems from 'no-such-set'"),
+]
+
+
+@pytest.mark.parametrize("argv, code, message", BAD, ids=[" ".join(b[0][:4]) for b in BAD])
+def test_bad_parameters_are_one_line_before_any_work(tmp_path, capsys, argv, code, message):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("lr: [1,\n")
+    argv = [a.format(bad_yaml=bad_yaml, tmp=tmp_path) for a in argv]
+    out = tmp_path / "run"
+    assert cli.main([*argv, "--model", "tiny-random:2x64", "--out", str(out)]) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()  # nothing written: the corrected rerun is not refused
+
+
+# ---------------------------------------------------------------------------------------
+# Killed anywhere with SIGKILL, then resumed: exactly the uninterrupted run
+
+
+def sdlib_process(args, out) -> subprocess.Popen:
+    """``sdlib ARGS`` in a child process whose grader is the parity grader (the random
+    model is never right, so the real grader would give every step the same reward)."""
+    code = (
+        "import sys; from sdlib.grading import Grade; from sdlib.train import onpolicy; "
+        "import sdlib.evaluate as ev; "
+        "onpolicy.grade_response = ev.grade_response = "
+        "lambda t, g: Grade(len(t) % 2 == 0, 'exact'); "
+        "from sdlib.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    )
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    argv = [sys.executable, "-c", code, *args, "--out", str(out)]
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def kill_when(proc, ready, delay=0.0, timeout=600.0) -> bool:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` first holds; False if it
+    finished first."""
+    end, fire = time.monotonic() + timeout, None
+    while proc.poll() is None and time.monotonic() < end:
+        if fire is None and ready():
+            fire = time.monotonic() + delay
+        if fire is not None and time.monotonic() >= fire:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    return False
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+TRAIN_ARGS = ["train", "grpo", "--model", "tiny-random:2x64", "--data",
+              "synthetic:addition:1:16", "--steps", "6", "--prompts-per-step", "2",
+              "--rollouts-per-prompt", "4", "--max-new-tokens", "8", "--save-every", "2",
+              "--lr", "0.01", "--lora-r", "4"]  # fmt: skip
+
+
+def test_train_killed_anywhere_resumes_to_the_uninterrupted_run(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert sdlib_process(TRAIN_ARGS, whole).wait() == 0
+    rng = random.Random(7)
+    metrics = cut / "metrics.jsonl"
+    second = 2 + rng.randrange(2)
+    kills = [  # (ready, delay): the moment after ``ready`` holds, seeded
+        (lambda: lines(metrics) >= 1, 0.0),  # a row written, no checkpoint yet
+        (lambda: lines(metrics) >= second, rng.uniform(0, 1)),  # around the first checkpoint
+        (lambda: lines(metrics) >= 4, rng.uniform(0, 2)),  # somewhere later on
+    ]
+    killed = [kill_when(sdlib_process(TRAIN_ARGS, cut), r, d) for r, d in kills]
+    assert killed[0], "the run finished before the first kill"
+    assert sdlib_process(TRAIN_ARGS, cut).wait() == 0
+    assert_same_run(cut, whole, 6)
+
+
+EVAL_ARGS = ["eval", "--model", "tiny-random:2x64", "--data", "synthetic:addition:1:24",
+             "--k", "2", "--max-new-tokens", "8", "--gen-batch", "4"]  # fmt: skip
+
+
+def test_eval_killed_anywhere_resumes_to_the_uninterrupted_samples(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert sdlib_process(EVAL_ARGS, whole).wait() == 0
+    rng = random.Random(11)
+    samples = cut / "samples.jsonl"
+    middle = 10 + rng.randrange(10)
+    kills = [(lambda: lines(samples) >= 1, 0.0), (lambda: lines(samples) >= middle, 0.0),
+             (lambda: lines(samples) >= 24, rng.uniform(0, 1))]  # fmt: skip
+    killed = [kill_when(sdlib_process(EVAL_ARGS, cut), r, d) for r, d in kills]
+    assert killed[0], "the evaluation finished before the first kill"
+    assert sdlib_process(EVAL_ARGS, cut).wait() == 0
+
+    def texts(path):
+        got = RunFolder(path).read("samples.jsonl")
+        return sorted((r["problem_id"], r["sample"], r["text"]) for r in got)
+
+    assert texts(cut) == texts(whole) and len(texts(whole)) == 48
+    assert (cut / "table.csv").read_text() == (whole / "table.csv").read_text()
+
+
+@pytest.mark.slow
+def test_run_03_killed_anywhere_resumes_to_the_uninterrupted_tables(tmp_path):
+    args = ["run", "03", "--preset", "smoke"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert sdlib_process(args, whole).wait() == 0
+    rng = random.Random(3)
+
+    def trained_rows():
+        return sum(lines(p) for p in cut.glob("train/*/metrics.jsonl"))
+
+    second = 2 + rng.randrange(2)
+    kills = [(lambda: trained_rows() >= 1, 0.0), (lambda: trained_rows() >= second, 0.0),
+             (lambda: any(cut.glob("eval/*/samples.jsonl")), rng.uniform(0, 3))]  # fmt: skip
+    for ready, delay in kills:
+        kill_when(sdlib_process(args, cut), ready, delay)
+    assert sdlib_process(args, cut).wait() == 0
+    for table in sorted((whole / "03_sdpo_vs_grpo" / "tables").glob("*.csv")):
+        assert (cut / "03_sdpo_vs_grpo" / "tables" / table.name).read_text() == table.read_text()
+    for run in sorted(whole.glob("train/*")):
+        assert rows(cut / "train" / run.name) == rows(run)
+
+
+def test_an_adapter_saved_as_a_pickle_is_refused(tmp_path):
+    from sdlib.models import ModelNotFoundError, load_policy
+
+    marker = tmp_path / "executed"
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(pickle.dumps(Bomb(marker)))
+    with pytest.raises(ModelNotFoundError, match="safetensors only"):
+        load_policy("tiny-random:2x64", adapter=tmp_path)
+    assert not marker.exists()
