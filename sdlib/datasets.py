@@ -15,7 +15,6 @@ them a spec means.
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from sdlib import synthetic
 from sdlib.problems import (
+    BLANK,
     REFERENCE,
     REPEAT_MARK,
     DataUnavailableError,
@@ -30,13 +30,18 @@ from sdlib.problems import (
     Problem,
     ProblemSet,
     RowError,
+    Skipped,
     base_id,
+    check_text,
     dedupe,
     load_jsonl,
     load_reference_parquet,
     load_sciknoweval,
+    no_usable_rows,
     parse_rows,
     read_json_records,
+    report_skipped,
+    short_repr,
 )
 from sdlib.settings import data_root
 
@@ -88,7 +93,9 @@ def load_hub(name_or_id: str, split: str | None = None) -> ProblemSet:
         raise DataUnavailableError(_unavailable_message(hub_id, split, err)) from err
     layout = source.layout if source else _guess_layout(table.column_names, hub_id)
     name = name_or_id if source else hub_id.rsplit("/", 1)[-1]
-    loaded = parse_rows(_iter_rows(table), name, layout)
+    expected = f"expected rows with {layout.question!r} and {layout.answer!r}"
+    origin = f"Hub dataset {hub_id} ({split})"
+    loaded = parse_rows(_iter_rows(table), name, layout, origin=origin, expected=expected)
     if source and source.dedupe:
         kept = dedupe(loaded.problems)
         loaded.duplicates = len(loaded.problems) - len(kept)
@@ -159,6 +166,8 @@ def load_problems(spec: str | Path) -> ProblemSet:
     if text.startswith("synthetic:"):
         return _load_synthetic(text)
     path = Path(text).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{spec!r} is a folder; expected one data file. {_ACCEPTED}")
     if path.is_file():
         if path.suffix not in _FILE_LOADERS:
             raise ValueError(f"{spec!r}: unknown file type {path.suffix!r}; {_ACCEPTED}")
@@ -305,32 +314,65 @@ def pooled(specs: list[str], limit: int = 0) -> list[Problem]:
 
 
 PAIR_KEYS = ("prompt", "response")
+# Each of prompt and response: above the study's 20,480-token responses and 22,528-token
+# teacher prompts (~4 characters a token), below what would stall tokenizing one pair.
+MAX_PAIR_CHARS = 400_000
+PAIRS_EXPECTED = (
+    "expected jsonl rows of prompt/response strings, as the context-richness experiment "
+    "writes them (D_ug / D_sg)"
+)
 
 
 def load_pairs(paths: list[str]) -> list[dict]:
     """SFT (prompt, response) pairs from jsonl files, in order.
 
-    A row without string ``prompt`` and ``response`` is reported by file and line, counted
-    and skipped; a set of files without a usable row is an error."""
-    pairs, skipped = [], []
+    Read like problem jsonl (one line at a time, ``MAX_LINE_BYTES`` a line): a line that is
+    not UTF-8 JSON, or lacks string ``prompt`` and ``response`` (each valid UTF-8 and at
+    most ``MAX_PAIR_CHARS``), is reported by file, line and ``problem_id``, counted and
+    skipped; a file without a usable row is an error naming it."""
+    if not paths:
+        raise ValueError(f"no SFT data files given; {PAIRS_EXPECTED}")
+    pairs = []
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"SFT data {str(path)!r}: no such file")
-        records = [r for r in read_json_records(path) if not isinstance(r, RowError)]
-        for number, row in enumerate(records, 1):
-            if isinstance(row, dict) and all(isinstance(row.get(k), str) for k in PAIR_KEYS):
-                pairs.append(row)
-            else:
-                skipped.append(f"{path}:{number}")
-    if skipped:
-        warnings.warn(
-            f"skipped {len(skipped)} SFT rows without string 'prompt' and 'response' "
-            f"(first: {skipped[0]})",
-            stacklevel=2,
-        )
-    if not pairs:
-        raise ValueError(
-            f"no usable SFT pairs in {paths}; write them with the context-richness "
-            f"experiment (D_ug / D_sg) or as jsonl rows of prompt/response strings"
-        )
+        pairs += _file_pairs(path)
     return pairs
+
+
+def _file_pairs(path: Path) -> list[dict]:
+    pairs, skipped, rows = [], [], 0
+    for number, row in enumerate(read_json_records(path, array=False), 1):
+        if row is BLANK:
+            continue
+        rows += 1
+        try:
+            pairs.append(_pair(row))
+        except RowError as err:
+            row_id = _problem_id(err.row if isinstance(row, RowError) else row)
+            skipped.append(Skipped(number, row_id, str(err), err.kind, "line"))
+    report_skipped(str(path), skipped, rows, see="the lines above")
+    if not pairs:
+        raise ValueError(no_usable_rows(str(path), skipped, PAIRS_EXPECTED))
+    return pairs
+
+
+def _pair(row: Any) -> dict:
+    if isinstance(row, RowError):
+        raise row
+    if not isinstance(row, dict):
+        raise RowError(f"expected a mapping of fields, got {type(row).__name__}", "not a mapping")
+    for key in PAIR_KEYS:
+        value = row.get(key)
+        if not isinstance(value, str):
+            raise RowError(f"{key!r} = {short_repr(value)}; expected a string", f"no {key}")
+        check_text(value, key, MAX_PAIR_CHARS)
+    return row
+
+
+def _problem_id(row: Any) -> str | None:
+    # the context-richness experiment writes the problem's id with each pair
+    value = row.get("problem_id") if isinstance(row, dict) else None
+    if not isinstance(value, str):
+        return None
+    return value[:80].encode("utf-8", "backslashreplace").decode("utf-8")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -66,6 +67,24 @@ def render(
     """Chat-templated student prompts (or ``prompt_fn``'s user turns) for ``problems``."""
     make = prompt_fn or (lambda p: student_prompt(p.question))
     return [chat(tokenizer, make(p), thinking, few_shot) for p in problems]
+
+
+def within_context(problems, texts, tokenizer, max_new_tokens: int, context: int | None, where):
+    """Indices of the problems whose prompt text leaves ``max_new_tokens`` in the context;
+    the others are reported by id and skipped (a row to skip, not a generation to hang on)."""
+    if context is None:
+        return list(range(len(problems)))
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    kept = [i for i, n in enumerate(lengths) if n + max_new_tokens <= context]
+    if len(kept) < len(problems):
+        first = next(i for i in range(len(problems)) if i not in set(kept))
+        warnings.warn(
+            f"{where}: skipped {len(problems) - len(kept)} problems whose prompt leaves no room "
+            f"for max_new_tokens = {max_new_tokens} in the {context}-token context (first: "
+            f"{problems[first].id}, a {lengths[first]}-token prompt)",
+            stacklevel=2,
+        )
+    return kept
 
 
 def sample_records(
@@ -123,10 +142,12 @@ def evaluate(
     thinking: bool | None = None,
     few_shot: bool = False,
     progress: bool = True,
+    context: int | None = None,
 ) -> EvalResult:
     """Sample ``k`` responses per problem of each benchmark and summarise them.
 
-    Problems whose k samples are already in ``out_dir`` are skipped (resume)."""
+    Problems whose k samples are already in ``out_dir`` are skipped (resume); problems
+    whose prompt leaves no room for the answer in ``context`` tokens are reported, skipped."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     folder = None if out_dir is None else RunFolder(out_dir)
@@ -135,12 +156,16 @@ def evaluate(
         rows = [] if path is None else _complete(read_jsonl(path), k, path)
         counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)
         todo = [(n, p) for n, ps in benchmarks.items() for p in ps if counts[(n, p.id)] < k]
+        texts = render([p for _, p in todo], tokenizer, prompt_fn, thinking, few_shot)
+        keep = within_context([p for _, p in todo], texts, tokenizer, sampling.max_new_tokens,
+                              context, "evaluate")  # fmt: skip
+        todo, texts = [todo[i] for i in keep], [texts[i] for i in keep]
         bar = tqdm(total=len(todo), desc="evaluate", unit="problem", disable=not progress)
         for lo in range(0, len(todo), problems_per_batch):
             batch = todo[lo : lo + problems_per_batch]
             problems = [p for _, p in batch]
             rollouts = backend.generate(
-                render(problems, tokenizer, prompt_fn, thinking, few_shot),
+                texts[lo : lo + problems_per_batch],
                 n=k,
                 sampling=sampling,
                 keys=[problem_key(n, p.id) for n, p in batch],
@@ -152,9 +177,8 @@ def evaluate(
             bar.update(len(batch))
         bar.close()
     samples = pd.DataFrame(rows)
-    return EvalResult(
-        samples=samples, table=summarize(samples, k), out_dir=out_dir and Path(out_dir)
-    )
+    where = None if folder is None else folder.path
+    return EvalResult(samples=samples, table=summarize(samples, k), out_dir=where)
 
 
 def _complete(rows: list[dict], k: int, path: Path) -> list[dict]:
@@ -214,7 +238,7 @@ def _majority_correct(g: pd.DataFrame) -> bool:
 def run_eval(cfg) -> EvalResult:
     """``sdlib eval``: check, load, sample k per problem, grade, print and return the table."""
     from sdlib.datasets import load_benchmarks
-    from sdlib.models import check_device, check_limits, load_policy
+    from sdlib.models import check_device, check_limits, load_policy, model_limits
     from sdlib.prompts import THINKING
     from sdlib.rollout import TransformersBackend
     from sdlib.schema import save
@@ -237,6 +261,7 @@ def run_eval(cfg) -> EvalResult:
         out_dir=out,
         thinking=THINKING[cfg.thinking],
         few_shot=cfg.few_shot,
+        context=model_limits(cfg.model)[1],
     )
     if out is not None:
         result.table.to_csv(out / "table.csv")

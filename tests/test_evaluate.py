@@ -57,6 +57,9 @@ class PlainTok:
     def encode(self, text, add_special_tokens=False):
         return text.split()
 
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": self.encode(text)}
+
 
 def problems(count):
     return [Problem(id=f"p{i}", question=f"Q{i}", answer=str(i)) for i in range(count)]
@@ -208,3 +211,13 @@ def test_a_damaged_sample_line_is_reported_and_its_problem_redone(tmp_path):
     assert [p.split("\n")[0] for call in backend.calls for p in call] == ["Q1"]
     assert again.table.equals(first.table)
     assert len(path.read_text().splitlines()) == 8 * 3
+
+
+def test_a_prompt_longer_than_the_context_is_a_skipped_row_not_a_hang():
+    sets = {"set": problems(3) + [Problem(id="huge", question="Q9 " + "word " * 500, answer="9")]}
+    backend = ScriptedBackend(script(10, 2))
+    with pytest.warns(UserWarning, match=r"skipped 1 problems .* \(first: huge, a 5\d\d-token"):
+        res = evaluate(backend, PlainTok(), sets, k=2, sampling=Sampling(8), progress=False,
+                       context=100)  # fmt: skip
+    assert sorted(res.samples["problem_id"].unique()) == ["p0", "p1", "p2"]
+    assert [p.split("\n")[0] for call in backend.calls for p in call] == ["Q0", "Q1", "Q2"]

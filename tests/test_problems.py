@@ -1,4 +1,9 @@
 import json
+import logging
+import re
+import time
+import tracemalloc
+import warnings
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,7 +14,9 @@ from sdlib.datasets import (
     coverage_family_subset,
     coverage_subset,
     coverage_suite,
+    load_benchmarks,
     load_hub,
+    load_pairs,
     load_problems,
 )
 from sdlib.problems import (
@@ -128,7 +135,7 @@ def test_malformed_rows_are_reported_counted_and_skipped():
         loaded = P.parse_rows(rows, "demo", P.REFERENCE)
     assert [p.id for p in loaded] == ["ok-1"]
     assert [s.id for s in loaded.skipped] == ["bad-1", "bad-2", "bad-3", "bad-4"]
-    assert [s.row for s in loaded.skipped] == [1, 2, 3, 4]
+    assert [s.row for s in loaded.skipped] == [2, 3, 4, 5]  # 1-based
     assert "reward_model.ground_truth" in loaded.skipped[0].reason
     assert "'prompt'" in loaded.skipped[1].reason and "expected" in loaded.skipped[2].reason
     assert "4 rows skipped" in loaded.summary()
@@ -154,9 +161,314 @@ def test_jsonl_round_trip_and_bad_lines(tmp_path):
     assert Problem.from_dict(items[0].to_dict()) == items[0] and hash(items[0]) == hash(items[0])
     with path.open("a") as f:
         f.write("{not json\n" + json.dumps({"question": "Q3?", "answer": 3}) + "\n")
-    with pytest.warns(UserWarning, match="line 3 is not valid JSON"):
+    with pytest.warns(UserWarning, match="line 3: not valid JSON"):
         loaded = load_jsonl(path)
     assert [p.id for p in loaded] == ["a", "b", "set-3"] and loaded[2].answer == "3"
+
+
+# --- bad data never throws good data away ---------------------------------------------
+
+GOOD = [
+    {"id": "g1", "question": "What is 1 + 1?", "answer": "2"},
+    {"id": "g2", "question": "What is 2 + 2?", "answer": "4"},
+]
+
+
+def _write_lines(path, lines):
+    """A jsonl file: dicts/lists are dumped, bytes written as they are (hostile lines)."""
+    data = b"".join((x if isinstance(x, bytes) else json.dumps(x).encode()) + b"\n" for x in lines)
+    path.write_bytes(data)
+    return path
+
+
+def _load(loader, path, caplog):
+    """``loader(path)`` with its per-row log lines and its summary warning, as one text."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning) as record:
+        loaded = loader(str(path))
+    return loaded, caplog.text + "\n".join(str(w.message) for w in record)
+
+
+def _one_bad_line(tmp_path, caplog, bad, kind, row_id="b"):
+    """[good, bad, good]: the good rows survive; the bad one is reported with its file,
+    line and id, counted by kind, and skipped."""
+    path = _write_lines(tmp_path / "set.jsonl", [GOOD[0], bad, GOOD[1]])
+    loaded, logs = _load(load_problems, path, caplog)
+    assert [p.id for p in loaded] == ["g1", "g2"]
+    [skip] = loaded.skipped
+    assert (skip.row, skip.id, skip.kind, skip.unit) == (2, row_id, kind, "line")
+    where = "line 2" if row_id is None else f"line 2 (id {row_id!r})"
+    assert f"{path}: skipped {where}: {skip.reason}" in logs
+    assert f"1 rows skipped (1 {kind}; first: {where}" in loaded.summary()
+    return skip
+
+
+@pytest.mark.parametrize("meta", [[1, 2], "abc", 5])
+def test_meta_that_is_not_a_mapping_skips_only_its_row(tmp_path, caplog, meta):
+    bad = {"id": "b", "question": "Q?", "answer": "1", "meta": meta}
+    skip = _one_bad_line(tmp_path, caplog, bad, "bad meta")
+    assert f"'meta' = {meta!r}; expected a mapping" in skip.reason
+
+
+def test_non_utf8_byte_skips_only_its_line(tmp_path, caplog):
+    bad = b'{"id": "b", "question": "Q\xff?", "answer": "1"}'
+    skip = _one_bad_line(tmp_path, caplog, bad, "not UTF-8")
+    assert "byte 0xff" in skip.reason
+
+
+def test_lone_surrogate_escape_is_skipped_so_saving_cannot_fail(tmp_path, caplog):
+    # valid JSON, but no UTF-8 text: save_jsonl (and a tokenizer) would fail on it later
+    bad = b'{"id": "b", "question": "Q\\ud800?", "answer": "1"}'
+    _one_bad_line(tmp_path, caplog, bad, "not UTF-8")
+    with pytest.warns(UserWarning, match="not valid UTF-8"):
+        loaded = load_jsonl(tmp_path / "set.jsonl")
+    assert load_jsonl(save_jsonl(loaded, tmp_path / "copy.jsonl")).problems == loaded.problems
+
+
+def test_non_utf8_byte_in_a_json_array_skips_only_its_row(tmp_path, caplog):
+    folder = tmp_path / "chem"
+    folder.mkdir()
+    rows = [
+        b'{"idx": 1, "prompt": "Pick.\\nA: 1\\nB: 2", "answer": "A"}',
+        b'{"idx": 2, "prompt": "Pick \xff.\\nA: 1", "answer": "B"}',
+        b'{"idx": 3, "prompt": "Pick again.\\nA: 1", "answer": "B"}',
+    ]
+    (folder / "test.json").write_bytes(b"[" + b",\n".join(rows) + b"]")
+    loaded, logs = _load(load_sciknoweval, folder / "test.json", caplog)
+    assert [p.id for p in loaded] == ["chem-1", "chem-3"]
+    [skip] = loaded.skipped
+    assert (skip.row, skip.id, skip.kind, skip.unit) == (2, "2", "not UTF-8", "row")
+    assert f"{folder / 'test.json'}: skipped row 2 (id '2'): 'prompt' is not valid UTF-8" in logs
+
+
+@pytest.fixture(scope="module")
+def giant_line(tmp_path_factory):
+    """A jsonl file whose second row holds a 50 MB question (written once)."""
+    path = tmp_path_factory.mktemp("giant") / "giant.jsonl"
+    giant = {"id": "huge", "question": "x" * 50_000_000, "answer": "1"}
+    return _write_lines(path, [GOOD[0], giant, GOOD[1]])
+
+
+def test_a_50mb_line_is_skipped_without_being_held(giant_line, caplog):
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        loaded, logs = _load(load_problems, giant_line, caplog)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 5 and peak < 3 * P.MAX_LINE_BYTES
+    assert [p.id for p in loaded] == ["g1", "g2"]
+    [skip] = loaded.skipped
+    assert (skip.row, skip.kind) == (2, "too large")  # never decoded, so no id to report
+    assert "line of 50,000,046 bytes; the limit is 8,388,608" in logs
+
+
+@pytest.mark.parametrize(
+    "field,size",
+    [
+        ("question", P.MAX_QUESTION_CHARS + 1),
+        ("answer", P.MAX_ANSWER_CHARS + 1),
+        ("solution", P.MAX_SOLUTION_CHARS + 1),
+        ("source", P.MAX_ID_CHARS + 1),
+        ("meta", P.MAX_META_CHARS),  # as JSON, with its braces and key, just over
+    ],
+)
+def test_a_field_over_its_bound_skips_its_row(tmp_path, caplog, field, size):
+    bad = {"id": "b", "question": "Q?", "answer": "1"}
+    bad[field] = {"k": "x" * size} if field == "meta" else "7" * size
+    skip = _one_bad_line(tmp_path, caplog, bad, "too large")
+    assert f"{field!r} has " in skip.reason and "characters; the limit is" in skip.reason
+
+
+def test_fields_at_their_bound_are_kept(tmp_path):
+    row = {"id": "i" * P.MAX_ID_CHARS, "question": "q" * P.MAX_QUESTION_CHARS, "answer": "1"}
+    row["solution"] = "s" * P.MAX_SOLUTION_CHARS
+    loaded = load_jsonl(_write_lines(tmp_path / "big.jsonl", [row]))
+    assert len(loaded[0].question) == P.MAX_QUESTION_CHARS and not loaded.skipped
+
+
+def test_a_giant_parquet_cell_skips_only_its_row(tmp_path, caplog):
+    rows = [
+        _reference_row("Q1?", "1", "a"),
+        _reference_row("q" * (P.MAX_QUESTION_CHARS + 1), "1", "huge"),
+        _reference_row("Q2?", "2", "b"),
+    ]
+    path = tmp_path / "giant.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    loaded, logs = _load(load_problems, path, caplog)
+    assert [p.id for p in loaded] == ["a", "b"]
+    assert (loaded.skipped[0].row, loaded.skipped[0].id) == (2, "huge")
+    assert f"{path}: skipped row 2 (id 'huge'): 'prompt' has 100," in logs
+
+
+def _parquet(path, rows):
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("question/answer columns", "no column prompt or reward_model"),
+        ("no answer column", "no column reward_model"),
+        ("not parquet", "not a readable parquet file"),
+        ("no rows", "no rows"),
+    ],
+)
+def test_parquet_in_a_wrong_layout_is_an_error_naming_file_and_layouts(tmp_path, case, expected):
+    path = tmp_path / "mine.parquet"
+    if case == "question/answer columns":
+        _parquet(path, GOOD)
+    elif case == "no answer column":
+        _parquet(path, [{"prompt": [{"role": "user", "content": "Q?"}]}])
+    elif case == "not parquet":
+        path.write_bytes(b"question,answer\nQ?,1\n")
+    else:
+        pq.write_table(pa.Table.from_pylist([_reference_row("Q?", "1", 0)]).slice(0, 0), path)
+    with pytest.raises(ValueError) as err:
+        load_problems(str(path))
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and expected in text and "accepted layouts:" in text
+    assert "\n" not in text  # the CLI prints it as one line
+
+
+NO_USABLE_ROW = {
+    "empty": [],
+    "blank lines": [b"", b"  "],
+    "only bad rows": [{"id": "x"}, [1], b"{nope"],
+}
+
+
+@pytest.mark.parametrize("case", [*NO_USABLE_ROW, "empty array"])
+def test_a_file_without_a_usable_row_is_an_error(tmp_path, case):
+    if case == "empty array":
+        path = tmp_path / "chem" / "test.json"
+        path.parent.mkdir()
+        path.write_text("[]")
+    else:
+        path = _write_lines(tmp_path / "set.jsonl", NO_USABLE_ROW[case])
+    with pytest.raises(ValueError) as err, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped rows' own report
+        load_benchmarks([str(path)])  # what the CLI calls before any model loads
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and "accepted layouts:" in text and "\n" not in text
+    if case == "only bad rows":
+        assert "no usable row, all 3 skipped (1 no question, 1 not a mapping, 1 not JSON;" in text
+        assert "first: line 1 (id 'x'): 'question' = None" in text
+    else:
+        assert ": no rows; " in text
+
+
+def test_a_taken_id_with_another_question_is_skipped_true_repeats_are_marked(tmp_path, caplog):
+    lines = [
+        GOOD[0],
+        {"id": "g1", "question": "A different question?", "answer": "2"},
+        GOOD[0],  # a true repeat, as in seen_1x64 / seen_8x8
+        GOOD[1],
+        {**GOOD[1], "answer": "5"},
+    ]
+    path = _write_lines(tmp_path / "set.jsonl", lines)
+    loaded, logs = _load(load_problems, path, caplog)
+    assert [p.id for p in loaded] == ["g1#r0", "g1#r1", "g2"]
+    assert [(s.row, s.id, s.kind) for s in loaded.skipped] == [
+        (2, "g1", "conflicting id"),
+        (5, "g2", "conflicting id"),
+    ]
+    assert f"{path}: skipped line 2 (id 'g1'): id 'g1' is already used by line 1 with a" in logs
+    assert "line 4 with a different answer; the first is kept" in loaded.skipped[1].reason
+    assert "2 rows skipped (2 conflicting id;" in loaded.summary()
+
+
+def test_a_file_id_equal_to_a_repeat_mark_is_skipped(tmp_path):
+    rows = [_reference_row("Q?", "1", "a"), _reference_row("Q?", "1", "a")]
+    rows.append(_reference_row("Another?", "2", "a#r1"))
+    _parquet(tmp_path / "marks.parquet", rows)
+    with pytest.warns(UserWarning, match="row 3 \\(id 'a#r1'\\)"):
+        loaded = load_reference_parquet(tmp_path / "marks.parquet")
+    assert [p.id for p in loaded] == ["a#r0", "a#r1"] and loaded[1].question == "Q?"
+
+
+def test_every_kind_of_bad_row_is_reported_counted_and_skipped(tmp_path, caplog):
+    lines = [
+        GOOD[0],
+        [1, 2],  # a row that is a list
+        {"id": "a1", "question": "Q?"},
+        {"id": "a2", "question": "Q?", "answer": "  "},
+        {"id": "a3", "question": "Q?", "answer": {"x": 1}},
+        {"id": "q1", "question": 7, "answer": "1"},
+        b'{"id": "n1", "question": NaN, "answer": NaN}',
+        b'{"id": "i1", "question": "Q?", "answer": Infinity}',
+        {"id": {"k": 1}, "question": "Q?", "answer": "1"},
+        b'{"id": "d1", "question": "Q?", "answer": ' + b"9" * 5000 + b"}",  # over int limit
+        b"[" * 50_000 + b"]" * 50_000,  # nested past the recursion limit
+        b"{not json",
+        {"id": "l1", "question": "Q?", "answer": "1", "level": "hard"},
+        GOOD[1],
+    ]
+    path = _write_lines(tmp_path / "set.jsonl", lines)
+    loaded, logs = _load(load_problems, path, caplog)
+    assert [p.id for p in loaded] == ["g1", "g2"]
+    assert [s.row for s in loaded.skipped] == list(range(2, 14))
+    ids = [s.id for s in loaded.skipped]
+    assert ids == [None, "a1", "a2", "a3", "q1", "n1", "i1", "{'k': 1}", None, None, None, "l1"]
+    counts = "4 no answer, 3 not JSON, 2 no question, 1 not a mapping, 1 bad id, 1 bad field"
+    assert f"12 rows skipped ({counts}; first: line 2: expected a mapping" in loaded.summary()
+    assert f"skipped 12 malformed rows of 14 ({counts};" in logs
+    assert all(f"{path}: skipped line {n}" in logs for n in range(2, 14))
+
+
+def test_many_bad_rows_among_many_good_cost_only_themselves(tmp_path, caplog):
+    rows = [{"id": f"r{i}", "question": f"Q {i}?", "answer": str(i)} for i in range(20_000)]
+    for i in range(0, 20_000, 500):
+        rows[i] = {**rows[i], "meta": [i]}
+    path = _write_lines(tmp_path / "many.jsonl", rows)
+    loaded, logs = _load(load_problems, path, caplog)
+    assert len(loaded) == 19_960 and [s.row for s in loaded.skipped] == list(range(1, 20_000, 500))
+    logged = [r for r in caplog.records if "skipped line" in r.getMessage()]
+    assert len(logged) == P.MAX_LOGGED_SKIPS and "; 20 more not logged one by one" in logs
+
+
+def test_line_separators_inside_strings_and_a_bom_are_not_line_breaks(tmp_path):
+    # save_jsonl writes U+2028 / U+0085 raw (ensure_ascii=False); only \n ends a JSON line
+    items = [Problem("a", "Q\u2028with\x85separators\x1c?", "1"), Problem("b", "Q2?", "2")]
+    path = save_jsonl(items, tmp_path / "set.jsonl")
+    assert load_jsonl(path).problems == items
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as some editors save
+    assert load_jsonl(path).problems == items
+
+
+def test_a_folder_is_not_a_data_file(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; expected one data file"):
+        load_problems(str(tmp_path))
+
+
+def test_sft_pairs_bad_lines_are_reported_by_file_and_line(tmp_path, caplog):
+    lines = [
+        {"prompt": "p1", "response": "r1"},
+        b"{bad json",
+        b'{"prompt": "\xff", "response": "r", "problem_id": "p3"}',
+        {"prompt": 1, "response": "r", "problem_id": "p4"},
+        b"",
+        {"prompt": "p", "response": "r" * (400_001)},
+        {"prompt": "p2", "response": ""},  # an empty response is data (EOS at once)
+    ]
+    path = _write_lines(tmp_path / "D_ug.jsonl", lines)
+    pairs, logs = _load(lambda p: load_pairs([p]), path, caplog)
+    assert [p["prompt"] for p in pairs] == ["p1", "p2"]
+    for where in ("line 2: not valid JSON", "line 3 (id 'p3'): not valid UTF-8", "line 4 (id"):
+        assert f"{path}: skipped {where}" in logs
+    assert "line 6: 'response' has 400,001 characters" in logs
+    assert "skipped 4 malformed rows of 6 (1 not JSON, 1 not UTF-8, 1 no prompt, 1 too" in logs
+
+
+def test_an_sft_file_without_a_usable_pair_is_an_error(tmp_path):
+    good = _write_lines(tmp_path / "good.jsonl", [{"prompt": "p", "response": "r"}])
+    empty = _write_lines(tmp_path / "empty.jsonl", [])
+    with pytest.raises(ValueError, match=re.escape(f"{empty}: no rows; expected jsonl rows")):
+        load_pairs([str(good), str(empty)])
+    bad = _write_lines(tmp_path / "bad.jsonl", [{"prompt": "p"}])
+    with pytest.raises(ValueError, match="bad.jsonl: no usable row, all 1 skipped"), pytest.warns():
+        load_pairs([str(bad)])
 
 
 # --- Hub --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sdlib.evaluate import EvalResult, evaluate
 from sdlib.experiments import cache
-from sdlib.models import load_policy, load_tokenizer, local_folder
+from sdlib.models import load_policy, load_tokenizer, local_folder, model_limits
 from sdlib.problems import Problem
 from sdlib.prompts import THINKING, student_prompt
 from sdlib.rollout import Sampling, TransformersBackend, VLLMBackend
@@ -77,4 +77,5 @@ def evaluate_policy(
         prompt_fn=prompt_fn,
         thinking=THINKING[cfg.thinking],
         few_shot=cfg.few_shot,
+        context=model_limits(cfg.model)[1],
     )

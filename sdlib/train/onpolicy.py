@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sdlib.behavior import behavior_row
+from sdlib.evaluate import within_context
 from sdlib.grading import grade_response
 from sdlib.models import local_folder
 from sdlib.problems import Problem
@@ -113,11 +114,29 @@ def sync_backend(backend, model, folder: Path) -> None:
         backend.set_adapter(folder / "rollout_adapter")
 
 
+def fitting(problems: list[Problem], policy, cfg) -> list[Problem]:
+    """The problems whose student prompt leaves ``max_new_tokens`` in the model's context
+    (the others are reported and skipped); an error when none is left."""
+    tok = policy.tokenizer
+    context = getattr(policy.model.config, "max_position_embeddings", None)
+    texts = [chat(tok, student_prompt(p.question), THINKING[cfg.thinking], cfg.few_shot)
+             for p in problems]  # fmt: skip
+    kept = [problems[i] for i in within_context(problems, texts, tok, cfg.max_new_tokens,
+                                                context, "training data")]  # fmt: skip
+    if problems and not kept:
+        raise ValueError(
+            f"no training problem of {cfg.data} fits the model's {context}-token context "
+            f"with max_new_tokens = {cfg.max_new_tokens}; lower max_new_tokens"
+        )
+    return kept
+
+
 class OnPolicy:
     """Phases 1-4 and the bookkeeping of the loop's ``Algorithm`` for GRPO and SDPO."""
 
     def __init__(self, cfg, policy, data: list[Problem]):
-        self.cfg, self.policy, self.problems = cfg, policy, data
+        self.cfg, self.policy = cfg, policy
+        self.problems = fitting(data, policy, cfg)
         self.backend = make_backend(cfg, policy)
         self.rollout_seconds = 0.0
 
