@@ -122,6 +122,7 @@ RANGES = {
             "temperature",
             "eval_temperature",
             "topk",
+            "top_k",
             "eps_high",
         ),
         _NON_NEGATIVE,
@@ -243,13 +244,15 @@ class TrainConfig:
     )
     is_clip: float = doc("clip of the detached per-token ratio pi / pi_old; 0 = no weight", 2.0)
     teacher: str = doc("initial (adapter off, the frozen start), live or ema", "initial")
-    ema_rate: float = doc("EMA teacher update rate per optimizer update", 0.05)
+    ema_rate: float = doc(
+        "EMA teacher update rate, applied once per step (after its updates)", 0.05
+    )
     success_threshold: float = doc("reward at which a rollout can be a demonstration", 0.5)
     dont_reprompt_on_self_success: bool = doc(
         "a rollout never serves as its own demonstration (the first *other* success)", True
     )
     strip_demo_thinking: bool = doc(
-        "demonstrations without their thinking (prompts.without_thinking)", False
+        "demonstrations without their thinking (prompts.strip_thinking)", False
     )
     feedback: bool = doc("teach rollouts with no successful sibling from a feedback text", False)
     # SFT
@@ -294,7 +297,11 @@ class ExperimentConfig:
     model: str = shared("model", DEFAULT_MODEL)
     dtype: str = shared("dtype", "fp32")
     device: str = shared("device", "cpu")
-    seed: int = shared("seed", 0)
+    seeds: list[int] = doc(
+        "one training run and one evaluation sampling per seed; tables aggregate across "
+        "seeds (95% intervals over seeds, problems and samples)",
+        [0],
+    )
     out: str = doc("run folder shared by the five notebooks; reruns resume", "runs/tiny/lab")
     preset: str = doc("preset name, shown in figure titles", "tiny")
     few_shot: bool = shared("few_shot", True)
@@ -309,9 +316,14 @@ class ExperimentConfig:
     eval_k: int = doc("samples per evaluation problem (avg@k)", 4)
     eval_temperature: float = doc("evaluation temperature (paper: 0.6)", 0.6)
     eval_top_p: float = doc("evaluation nucleus mass (paper: 0.95)", 0.95)
+    eval_checkpoints: bool = doc(
+        "also evaluate every saved checkpoint on eval_data: curves over training", True
+    )
 
     def validate(self) -> None:
         check_values(self)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ConfigError(f"seeds = {self.seeds!r}; expected distinct ints >= 0, at least one")
         for name in ("train", "grpo", "sdpo"):
             if hasattr(self, name):
                 check_train_overrides(name, getattr(self, name))
@@ -339,6 +351,7 @@ class ContextConfig(ExperimentConfig):
     samples: int = doc("samples per problem and condition (paper: 8)", 8)
     temperature: float = doc("sampling temperature of the conditions", 0.6)
     top_p: float = doc("nucleus mass of the conditions", 0.95)
+    top_k: int = doc("top-k of the conditions' sampling; 0 = off (the reference: 20)", 0)
     sft_correct_only: bool = doc(
         "D_ug/D_sg keep correct responses only (paper); false keeps "
         "all (the smoke model is never right)",
@@ -392,6 +405,21 @@ class CoverageConfig(ExperimentConfig):
     train: dict = doc("TrainConfig parameters shared by every run", {"steps": 4})
     grpo: dict = doc("TrainConfig parameters of the GRPO runs only", {})
     sdpo: dict = doc("TrainConfig parameters of the SDPO runs only", {})
+    subsets: list[str] = doc(
+        "training sets, one per size (the reference: seen_1x64, seen_8x8, seen_64, seen_128, "
+        "seen_512); empty = nested subsets of data",
+        [],
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.subsets and len(self.subsets) != len(self.sizes):
+            raise ConfigError(
+                f"subsets = {self.subsets} names {len(self.subsets)} sets for the "
+                f"{len(self.sizes)} sizes {self.sizes}; give one per size, or none"
+            )
+        if not set(self.algos) <= {"sdpo", "grpo"}:
+            raise ConfigError(f"algos = {self.algos!r}; expected a list of sdpo and grpo")
 
 
 EXPERIMENTS = {

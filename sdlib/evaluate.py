@@ -113,6 +113,7 @@ def sample_records(
                 "correct": bool(grade.correct),
                 "grade": grade.reason,
                 "finish": rollouts.finish_reason[i],
+                "truncated": rollouts.finish_reason[i] == "length",
                 **behavior_row(text, tokenizer=tokenizer, token_ids=rollouts.token_ids[i]),
                 "text": text,
                 **(extra or {}),
@@ -157,8 +158,9 @@ def evaluate(
         counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)
         todo = [(n, p) for n, ps in benchmarks.items() for p in ps if counts[(n, p.id)] < k]
         texts = render([p for _, p in todo], tokenizer, prompt_fn, thinking, few_shot)
-        keep = within_context([p for _, p in todo], texts, tokenizer, sampling.max_new_tokens,
-                              context, "evaluate")  # fmt: skip
+        keep = within_context(
+            [p for _, p in todo], texts, tokenizer, sampling.max_new_tokens, context, "evaluate"
+        )
         todo, texts = [todo[i] for i in keep], [texts[i] for i in keep]
         bar = tqdm(total=len(todo), desc="evaluate", unit="problem", disable=not progress)
         for lo in range(0, len(todo), problems_per_batch):

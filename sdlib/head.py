@@ -293,16 +293,28 @@ class Head(NamedTuple):
     def student(self, hidden: Tensor, tokens: Tensor, k: int | None = 1, **kw) -> HeadStats:
         """``student_head_stats`` with this head (gradients flow)."""
         return student_head_stats(
-            hidden, self.weight, tokens, k, bias=self.bias, temperature=self.temperature,
-            chunk_size=self.chunk_size, **kw,
-        )  # fmt: skip
+            hidden,
+            self.weight,
+            tokens,
+            k,
+            bias=self.bias,
+            temperature=self.temperature,
+            chunk_size=self.chunk_size,
+            **kw,
+        )
 
     def teacher(self, hidden: Tensor, tokens: Tensor, index: Tensor, **kw) -> HeadStats:
         """``teacher_head_stats`` with this head (no gradient)."""
         return teacher_head_stats(
-            hidden, self.weight, tokens, index, bias=self.bias, temperature=self.temperature,
-            chunk_size=self.chunk_size, **kw,
-        )  # fmt: skip
+            hidden,
+            self.weight,
+            tokens,
+            index,
+            bias=self.bias,
+            temperature=self.temperature,
+            chunk_size=self.chunk_size,
+            **kw,
+        )
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """Whole log-probs of a chunk [C, V] in the compute dtype (for full-vocabulary losses)."""

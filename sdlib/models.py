@@ -357,7 +357,9 @@ class InitialTeacher:
     """The LoRA adapter disabled: exactly the frozen initial policy (update rate 0), free.
 
     Every teacher: ``view(model)`` is a context in which the model computes the teacher's
-    distribution; ``update(model)`` runs after each optimizer update; ``state`` /
+    distribution; ``update(model)`` runs once per step, after its last optimizer update (the
+    reference's timing: with two updates per step, a rate of 0.05 per update would act like
+    0.0975 per step); ``state`` /
     ``load_state`` hold what a checkpoint must keep (tensors by name)."""
 
     def __init__(self, model, rate: float = 0.0):
@@ -384,7 +386,7 @@ class LiveTeacher(InitialTeacher):
 
 
 class EMATeacher(InitialTeacher):
-    """theta_T <- (1 - rate) theta_T + rate theta after each update, as a second adapter.
+    """theta_T <- (1 - rate) theta_T + rate theta once per step, as a second adapter.
 
     LoRA A and B are averaged separately, so the teacher's weight delta is B_T A_T, *not*
     the EMA of the merged deltas B A (the product is bilinear). At rate 0 it stays the LoRA

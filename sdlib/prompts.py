@@ -79,23 +79,14 @@ def split_thinking(text: str) -> tuple[str | None, str | None]:
 
 
 def strip_thinking(text: str) -> str:
-    """A solution "without thinking": drop every ``<think>...</think>`` block, and everything
-    up to a lone ``</think>`` (the template opened ``<think>`` before the response began)."""
+    """A solution "without thinking" (PAPER.md): drop every ``<think>...</think>`` block,
+    and everything up to a lone ``</think>`` (the template opened ``<think>`` before the
+    response began). A solution with no thinking block is left as it is, as in the
+    reference: for a model that writes none (SmolLM2) "without thinking" is the full text."""
     text = _THINK_BLOCK.sub("", text)
     if THINK_CLOSE in text:
         text = text.rpartition(THINK_CLOSE)[2]
     return text.strip()
-
-
-def without_thinking(solution: str) -> str:
-    """A solution with its reasoning removed: ``strip_thinking`` where there is a thinking
-    part; for a model that writes none (the bundled SmolLM2) the closest analogue, its
-    final sentence (the one holding ``\\boxed{}``)."""
-    if THINK_CLOSE in solution:
-        return strip_thinking(solution)
-    lines = [x for x in solution.strip().splitlines() if x.strip()]
-    boxed = [x for x in lines if "\\boxed" in x]
-    return (boxed or lines or [""])[-1].strip()
 
 
 def chat_messages(user: str, few_shot: bool = False) -> list[dict]:

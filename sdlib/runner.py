@@ -92,13 +92,19 @@ def run(
             if done.exists():
                 print(f"[sdlib run] {i}/{len(names)} {name}: finished earlier, skipped")
                 continue
-            print(f"[sdlib run] {i}/{len(names)} {name}: running (cells and the bars inside "
-                  f"them follow; ETA per notebook on the Executing bar)", flush=True)  # fmt: skip
+            print(
+                f"[sdlib run] {i}/{len(names)} {name}: running (cells and the bars inside "
+                f"them follow; ETA per notebook on the Executing bar)",
+                flush=True,
+            )
             start = time.perf_counter()
             execute(name, root, params[name])
             done.write_text(f"{time.perf_counter() - start:.1f} s\n")
-            print(f"[sdlib run] {i}/{len(names)} {name}: done in {_clock(start)} "
-                  f"(run so far {_clock(started)})", flush=True)  # fmt: skip
+            print(
+                f"[sdlib run] {i}/{len(names)} {name}: done in {_clock(start)} "
+                f"(run so far {_clock(started)})",
+                flush=True,
+            )
         md, html = write_report(root, names)
     # the tables, in the terminal too (figures: see the report)
     print("\n".join(x for x in md.read_text().splitlines() if not x.startswith("![")))
@@ -167,8 +173,10 @@ def write_report(root: Path, names: list[str]) -> tuple[Path, Path]:
         for png in figures:
             md += [f"![{png.stem}]({png.relative_to(root)})", ""]
             data = base64.b64encode(png.read_bytes()).decode()
-            html += [f"<figure><img alt='{escape(png.stem)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{escape(png.stem)}</figcaption></figure>"]  # fmt: skip
+            html += [
+                f"<figure><img alt='{escape(png.stem)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{escape(png.stem)}</figcaption></figure>"
+            ]
     md_path, html_path = root / "report.md", root / "report.html"
     write_atomic(md_path, "\n".join(md))
     write_atomic(html_path, HTML_PAGE.format(title=escape(root.name), body="\n".join(html)))

@@ -68,10 +68,7 @@ def test_chat_template_and_thinking_switch(bundled):
     assert chat(Switch(), "q") == "q|None"
 
 
-def test_without_thinking_strips_or_keeps_the_final_sentence():
-    from sdlib.prompts import without_thinking
-
-    assert without_thinking("<think>hmm, 2+2</think>\nIt is \\boxed{4}.") == "It is \\boxed{4}."
+def test_a_solution_without_a_thinking_block_is_left_as_it_is():
+    # the reference strips only <think> blocks: nothing else of a demonstration goes
     text = "First add 2 and 2.\nThat gives 4.\nThe answer is \\boxed{4}.\nDone."
-    assert without_thinking(text) == "The answer is \\boxed{4}."
-    assert without_thinking("Just 4.") == "Just 4."
+    assert strip_thinking(text) == text

@@ -194,7 +194,7 @@ def test_ema_teacher_tracks_the_policy_at_its_rate(tmp_path):
     live = params[name.replace(".ema.", ".default.")]
     with torch.no_grad():
         live.add_(1.0)
-    algo.after_update(policy.model)
+    algo.after_step(policy.model)
     assert torch.allclose(ema[name], 0.75 * start + 0.25 * live.detach())
     assert not any(p.requires_grad for p in ema.values())
 

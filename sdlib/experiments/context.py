@@ -1,21 +1,23 @@
 """Notebook 01, context richness (PAPER.md Sec. 3).
 
-1. Screen candidate problems with ``select_k`` unguided samples; keep those solved
-   ``band[0]..band[1]`` times (the paper: 1-4 of 8). Each keeps its first correct sample
-   as *the* correct solution s (a problem never solved, possible only with band[0] = 0,
-   falls back to its reference solution when it has one).
-2. Sample ``samples`` responses per problem under four contexts c:
+1. Screen candidate problems with ``select_k`` unguided samples (the first seed); keep
+   those solved ``band[0]..band[1]`` times (the paper: 1-4 of 8). Each keeps its first
+   correct sample as *the* correct solution s (a problem never solved, possible only with
+   band[0] = 0, falls back to its reference solution when it has one).
+2. Per seed, sample ``samples`` responses per problem under four contexts c:
        unguided                 c = none
        full solution            c = s
        solution w/o thinking    c = s without its thinking part
        regeneration             c = a response generated under "full solution"
    with the hint prompt ``{question}\\n\\nCorrect solution: {c}\\n\\nCorrectly solve ...``.
-3. Table 1: score (avg@k), length (tokens), epistemic count per condition.
-4. D_ug (correct unguided responses) and D_sg (correct full-solution responses), each
-   paired with the *plain* student prompt, for notebook 02's SFT.
+3. Table 1: accuracy, length (tokens), epistemic count per condition, each with its 95%
+   interval, and each condition's paired difference from "unguided".
+4. D_ug and D_sg for notebook 02's SFT: over the same problems (those with a correct
+   response under both no context and the full solution), one pair per problem each, the
+   response paired with the *plain* student prompt.
 
-A model without a thinking block (the bundled SmolLM2) has nothing to strip: there the
-"without thinking" solution keeps only its final sentence (``prompts.without_thinking``).
+A model without a thinking block (the bundled SmolLM2) has nothing to strip: there, as in
+the reference, the "without thinking" solution is the full solution (``prompts.strip_thinking``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdlib import plots
+from sdlib import plots, stats
 from sdlib.config import ContextConfig
 from sdlib.datasets import pooled
+from sdlib.experiments import tables
 from sdlib.experiments.evaluation import evaluate_policy
 from sdlib.experiments.results import Results
-from sdlib.prompts import hint_prompt, student_prompt, without_thinking
+from sdlib.prompts import hint_prompt, strip_thinking, student_prompt
 from sdlib.rollout import Sampling
 
 NAME = "01_context_richness"
@@ -41,8 +44,14 @@ class NoProblemsInBand(RuntimeError):
     """No candidate was solved band[0]..band[1] times: nothing to compare."""
 
 
-def first_correct(samples: pd.DataFrame) -> dict[str, str]:
-    ok = samples[samples["correct"]].sort_values("sample")
+def ask(p) -> str:
+    return student_prompt(p.question)
+
+
+def first_correct(samples: pd.DataFrame, correct_only: bool = True) -> dict[str, str]:
+    """Each problem's first correct response (in seed, then sample order)."""
+    ok = samples[samples["correct"]] if correct_only else samples
+    ok = ok.sort_values([c for c in ("seed", "sample") if c in ok])
     return ok.groupby("problem_id")["text"].first().to_dict()
 
 
@@ -61,97 +70,69 @@ def select(cfg: ContextConfig, pool, screen: pd.DataFrame, solution: dict[str, s
     return keep
 
 
+def sample_conditions(cfg, problems, solution, seed: int) -> dict[str, pd.DataFrame]:
+    """The four conditions' samples at one seed."""
+    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, seed)
+    sets = {"selected": problems}
+
+    def condition(label, context=None):
+        hint = None if context is None else (lambda p: hint_prompt(ask(p), context[p.id]))
+        name = label.replace(" ", "_").replace("/", "")
+        result = evaluate_policy(
+            cfg, name, sets, k=cfg.samples, sampling=sampling, prompt_fn=hint or ask, seed=seed
+        )
+        return result.samples.assign(seed=seed)
+
+    runs = {
+        "unguided": condition("unguided"),
+        "full solution": condition("full solution", solution),
+    }
+    stripped = {k: strip_thinking(v) for k, v in solution.items()}
+    runs["solution w/o thinking"] = condition("solution w/o thinking", stripped)
+    guided = runs["full solution"]
+    regen = first_correct(guided, correct_only=False) | first_correct(guided)
+    runs["regeneration"] = condition("regeneration", regen)
+    return runs
+
+
 def run(cfg: ContextConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     pool = pooled(cfg.data, cfg.pool_limit)
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=cfg.seed)
-    ask = lambda p: student_prompt(p.question)  # noqa: E731
+    screening = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.seeds[0])
     screen = evaluate_policy(
-        cfg, "screen", {"pool": pool}, k=cfg.select_k, sampling=sampling, prompt_fn=ask
+        cfg, "screen", {"pool": pool}, k=cfg.select_k, sampling=screening, prompt_fn=ask
     ).samples
     solution = {p.id: p.solution for p in pool if p.solution} | first_correct(screen)
     problems = select(cfg, pool, screen, solution)
-    contexts = {
-        "full solution": solution,
-        "solution w/o thinking": {k: without_thinking(v) for k, v in solution.items()},
-    }
-    runs = {
-        "unguided": evaluate_policy(
-            cfg, "unguided", {"selected": problems}, k=cfg.samples, sampling=sampling, prompt_fn=ask
-        )
-    }
-    for cond, ctx in contexts.items():
-        runs[cond] = evaluate_policy(
-            cfg,
-            cond.replace(" ", "_").replace("/", ""),
-            {"selected": problems},
-            k=cfg.samples,
-            sampling=sampling,
-            prompt_fn=lambda p, c=ctx: hint_prompt(ask(p), c[p.id]),
-        )
-    guided = runs["full solution"].samples
-    regen = first_correct(guided) | {
-        k: v
-        for k, v in guided.groupby("problem_id")["text"].first().items()
-        if k not in first_correct(guided)
-    }
-    runs["regeneration"] = evaluate_policy(
-        cfg,
-        "regeneration",
-        {"selected": problems},
-        k=cfg.samples,
-        sampling=sampling,
-        prompt_fn=lambda p: hint_prompt(ask(p), regen[p.id]),
-    )
-    table = res.table("table1", condition_table(runs))
-    res.figure("conditions", plots.condition_bars(table, f"{cfg.model} · preset {cfg.preset}"))
-    write_sft_sets(res.folder, problems, runs, ask, cfg.sft_correct_only)
-    res.table(
-        "selection",
-        pd.DataFrame(
-            {
-                "candidates": [len(pool)],
-                "selected": [len(problems)],
-                "screen_avg": [float(screen["correct"].mean())],
-            },
-            index=pd.Index(["screening"], name="stage"),
-        ),
-    )
+    per_seed = [sample_conditions(cfg, problems, solution, s) for s in cfg.seeds]
+    runs = {c: pd.concat([r[c] for r in per_seed], ignore_index=True) for c in CONDITIONS}
+    table = res.table("table1", tables.conditions(runs, base="unguided"))
+    subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
+    res.figure("conditions", plots.condition_bars(table, subtitle))
+    sizes = write_sft_sets(res.folder, problems, runs, cfg.sft_correct_only)
+    screened = stats.estimate(stats.cube(screen, "correct")).columns("screen_accuracy")
+    selection = {"candidates": len(pool), "selected": len(problems), **screened, **sizes}
+    res.table("selection", pd.DataFrame([selection], index=pd.Index(["screening"], name="stage")))
+    lines = [f"- {line}" for line in tables.notes(table)]
+    res.notes(["Each context against the unguided condition (same problems and seeds):", *lines])
     return res
 
 
-def condition_table(runs: dict) -> pd.DataFrame:
-    rows = {}
-    for cond in CONDITIONS:
-        s = runs[cond].samples
-        rows[cond] = {
-            "score": s["correct"].mean(),
-            "len_tokens": s["len_tokens"].mean(),
-            "epi_total": s["epi_total"].mean(),
-            "epi_total_word": s["epi_total_word"].mean(),
-            "boxed_frac": s["pred"].notna().mean(),
-            "samples": len(s),
-        }
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("condition")
-
-
-def write_sft_sets(folder: Path, problems, runs, ask, correct_only=True) -> dict[str, Path]:
-    """D_ug / D_sg: correct responses under no context / the full solution, each paired
-    with the plain student prompt (the SFT model never sees the solution)."""
+def write_sft_sets(folder: Path, problems, runs, correct_only=True) -> dict[str, int]:
+    """D_ug / D_sg: over the problems with a usable response under both no context and the
+    full solution, each problem's first such response (one pair per problem, as the
+    reference writes them), paired with the plain student prompt (the SFT model never sees
+    the solution). Returns the pairs and response characters of each set."""
     by_id = {p.id: p for p in problems}
-    paths = {}
-    for name, cond in (("D_ug", "unguided"), ("D_sg", "full solution")):
-        s = runs[cond].samples
-        s = s[s["correct"]] if correct_only else s
+    sources = {"D_ug": "unguided", "D_sg": "full solution"}
+    chosen = {name: first_correct(runs[c], correct_only) for name, c in sources.items()}
+    shared = [p for p in by_id if all(p in c for c in chosen.values())]
+    sizes = {}
+    for name, responses in chosen.items():
         rows = [
-            {
-                "prompt": ask(by_id[r.problem_id]),
-                "response": r.text,
-                "problem_id": r.problem_id,
-                "correct": r.correct,
-            }
-            for r in s.itertuples()
+            {"prompt": ask(by_id[p]), "response": responses[p], "problem_id": p} for p in shared
         ]
-        paths[name] = folder / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return paths
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        sizes[f"{name} pairs"] = len(rows)
+        sizes[f"{name} response chars"] = sum(len(r["response"]) for r in rows)
+    return sizes

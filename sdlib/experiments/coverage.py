@@ -1,11 +1,13 @@
 """Notebook 05, task coverage (PAPER.md Sec. 6).
 
-SDPO and GRPO trained on nested subsets of |D| distinct problems. With few problems SDPO
-reaches a high training score fast with much shorter answers; as |D| grows its advantage
-fades and OOD accuracy falls below the base model, while GRPO improves with |D|.
+SDPO and GRPO trained on |D| distinct problems: the reference's own subsets (``subsets``:
+seen_1x64, seen_8x8, seen_64, ...) or nested subsets drawn from a pool. With few problems
+SDPO reaches a high training score fast with much shorter answers; as |D| grows its
+advantage fades and OOD accuracy falls below the base model, while GRPO improves with |D|.
 
-    train_score   mean training reward over the last half of the steps (in-domain)
-    ood_accuracy  avg@k of the final adapter on the evaluation sets
+    train_score   mean training reward over the last half of the steps (in-domain), per
+                  seed, then across seeds
+    accuracy ...  the final adapter on each evaluation set, paired with the base model
 """
 
 from __future__ import annotations
@@ -14,73 +16,99 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdlib import plots
+from sdlib import plots, stats
 from sdlib.config import CoverageConfig
 from sdlib.datasets import coverage_subset, load_benchmarks, pooled
-from sdlib.experiments import training
-from sdlib.experiments.evaluation import evaluate_policy
+from sdlib.experiments import tables, training
+from sdlib.experiments.evaluation import checkpoint_evals, evaluate_seeds
 from sdlib.experiments.results import Results
 from sdlib.problems import save_jsonl
 
 NAME = "05_task_coverage"
 
 
-def subset_files(cfg: CoverageConfig, folder: Path) -> dict[int, Path]:
-    """Nested subsets of the pool (|D| = each size), written as jsonl training sets."""
+def training_sets(cfg: CoverageConfig, folder: Path) -> dict[int, str]:
+    """One training set per size: the named ``subsets``, or nested subsets of the pool
+    written as jsonl files."""
+    if cfg.subsets:
+        return dict(zip(cfg.sizes, cfg.subsets, strict=True))
     pool = pooled(cfg.data)
     if max(cfg.sizes) > len(pool):
         raise ValueError(
             f"sizes = {cfg.sizes} need {max(cfg.sizes)} distinct problems but "
             f"data = {cfg.data} holds {len(pool)}; enlarge the pool or cut sizes"
         )
-    paths = {}
-    for size in cfg.sizes:
-        paths[size] = save_jsonl(
-            coverage_subset(pool, size, seed=cfg.seed), folder / "subsets" / f"D{size}.jsonl"
+    return {
+        size: str(
+            save_jsonl(
+                coverage_subset(pool, size, seed=cfg.seeds[0]),
+                folder / "subsets" / f"D{size}.jsonl",
+            )
         )
-    return paths
+        for size in cfg.sizes
+    }
+
+
+def train_score(trained) -> stats.Estimate:
+    """Mean training reward over the last half of the steps, per seed, across seeds."""
+    late = [t.metrics["rollout/reward_mean"].iloc[len(t.metrics) // 2 :].mean() for t in trained]
+    return stats.across_seeds(late)
 
 
 def run(cfg: CoverageConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
-    files = subset_files(cfg, res.folder)
+    sets = training_sets(cfg, res.folder)
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
-    base = evaluate_policy(cfg, "base", benchmarks).samples
-    rows, frames = [], {}
+    base = evaluate_seeds(cfg, "base", benchmarks)
+    evals, steps, metrics, scores = {"base": base}, {}, {}, {}
     for algo in cfg.algos:
         extra = cfg.sdpo if algo == "sdpo" else cfg.grpo
-        for size, path in files.items():
-            tcfg = training.config(cfg, algo, [str(path)], cfg.train, extra)
-            run_dir = training.train(cfg, tcfg)
-            metrics = run_dir.metrics
-            frames[f"{algo.upper()} |D|={size}"] = metrics
-            ood = evaluate_policy(
-                cfg, f"{algo}-D{size}", benchmarks, adapter=run_dir.adapter
-            ).samples
-            late = metrics["rollout/reward_mean"].iloc[len(metrics) // 2 :]
-            rows.append(
-                {
-                    "algo": algo.upper(),
-                    "size": size,
-                    "train_score": late.mean(),
-                    "ood_accuracy": ood["correct"].mean(),
-                    "len_tokens": ood["len_tokens"].mean(),
-                    "train_len_tokens": metrics["rollout/len_tokens"].iloc[-1],
-                    "epi_total": ood["epi_total"].mean(),
-                    "base_ood_accuracy": base["correct"].mean(),
-                    "base_len_tokens": base["len_tokens"].mean(),
-                }
+        for size, data in sets.items():
+            label = f"{algo.upper()} |D|={size}"
+            trained = training.train_seeds(
+                cfg, training.configs(cfg, algo, [data], cfg.train, extra)
             )
-    table = res.table("coverage", pd.DataFrame(rows).set_index(["algo", "size"]))
-    subtitle = f"{cfg.model} · preset {cfg.preset}"
-    res.figure("coverage", plots.coverage_lines(table.reset_index(), subtitle))
+            steps.update(points := checkpoint_evals(cfg, label, trained, benchmarks, base))
+            evals[label], metrics[label] = points[max(points)], [t.metrics for t in trained]
+            scores[(algo.upper(), size)] = train_score(trained)
+    subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
+    ood = res.table("ood", tables.by_benchmark(evals))
+    first = next(iter(benchmarks))  # the figure's evaluation set (the study reads AIME24)
+    table = res.table("coverage", coverage_table(ood, scores, first))
+    figure = plots.coverage_lines(table, ood.loc[[("base", first)]], f"{subtitle} · OOD {first}")
+    res.figure("coverage", figure)
+    curves = res.table(
+        "training_curves", tables.curves(metrics, ["rollout/reward_mean", "rollout/len_tokens"])
+    )
     res.figure(
         "curves",
         plots.training_curves(
-            frames,
+            curves,
             ["rollout/reward_mean", "rollout/len_tokens"],
             subtitle,
             "Training curves per |D|",
         ),
     )
+    over = res.table("ood_over_training", tables.over_steps(steps))
+    res.figure(
+        "ood_over_training",
+        plots.training_curves(
+            over,
+            ["accuracy", "length"],
+            subtitle,
+            "Out-of-distribution evaluation of the checkpoints",
+        ),
+    )
+    lines = [f"- {line}" for line in tables.notes(ood)]
+    res.notes(["Final adapters against the base model, per evaluation set:", *lines])
     return res
+
+
+def coverage_table(ood: pd.DataFrame, scores: dict, benchmark: str) -> pd.DataFrame:
+    """Rows (algo, size): training score and, on ``benchmark`` (the figure's; every set is
+    in the ``ood`` table), the final accuracy, length and their change from the base."""
+    rows = {}
+    for (algo, size), score in scores.items():
+        row = ood.loc[(f"{algo} |D|={size}", benchmark)]
+        rows[(algo, size)] = {**score.columns("train_score"), **row.to_dict()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["algo", "size"])

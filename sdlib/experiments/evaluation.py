@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pandas as pd
+
 from sdlib.evaluate import EvalResult, evaluate
 from sdlib.experiments import cache
 from sdlib.models import load_policy, load_tokenizer, local_folder, model_limits
@@ -37,9 +39,9 @@ class LazyBackend:
         return self.inner.generate(prompts, n, sampling, keys=keys)
 
 
-def eval_sampling(cfg) -> Sampling:
+def eval_sampling(cfg, seed: int) -> Sampling:
     """The experiment's evaluation sampling (the paper's: T 0.6, top-p 0.95)."""
-    return Sampling(cfg.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, seed=cfg.seed)
+    return Sampling(cfg.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, seed=seed)
 
 
 def evaluate_policy(
@@ -51,11 +53,12 @@ def evaluate_policy(
     k: int | None = None,
     sampling: Sampling | None = None,
     prompt_fn=None,
+    seed: int = 0,
 ) -> EvalResult:
     """Evaluate (or resume, or find finished) the base policy or ``adapter``; the folder is
     keyed by the adapter's bytes, not its path, so a moved run folder finds its work."""
     k = k or cfg.eval_k
-    sampling = sampling or eval_sampling(cfg)
+    sampling = sampling or eval_sampling(cfg, seed)
     prompt_fn = prompt_fn or (lambda p: student_prompt(p.question))
     identity = {
         "model": cfg.model,
@@ -79,3 +82,30 @@ def evaluate_policy(
         few_shot=cfg.few_shot,
         context=model_limits(cfg.model)[1],
     )
+
+
+def evaluate_seeds(
+    cfg, label: str, benchmarks: dict[str, list[Problem]], adapters=None, **kw
+) -> pd.DataFrame:
+    """``evaluate_policy`` once per seed of the experiment, the base policy or
+    ``adapters[i]`` (seed i's trained adapter); all samples, with a ``seed`` column."""
+    frames = []
+    for i, seed in enumerate(cfg.seeds):
+        adapter = None if adapters is None else adapters[i]
+        result = evaluate_policy(cfg, label, benchmarks, adapter=adapter, seed=seed, **kw)
+        frames.append(result.samples.assign(seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def checkpoint_evals(cfg, label: str, trained: list, benchmarks, base: pd.DataFrame) -> dict:
+    """{(label, step): samples} for every checkpoint of every seed's run, step 0 being the
+    base model, when ``cfg.eval_checkpoints`` (curves over training); else the final only."""
+    steps: dict[int, list[pd.DataFrame]] = {0: [base]}
+    for seed, run in zip(cfg.seeds, trained, strict=True):
+        points = run.checkpoints if cfg.eval_checkpoints else run.checkpoints[-1:]
+        for step, adapter in points:
+            result = evaluate_policy(
+                cfg, f"{label}-step{step}", benchmarks, adapter=adapter, seed=seed
+            )
+            steps.setdefault(step, []).append(result.samples.assign(seed=seed))
+    return {(label, step): pd.concat(frames, ignore_index=True) for step, frames in steps.items()}

@@ -1,10 +1,12 @@
-"""An experiment's results folder: its tables (csv) and figures (png), by name."""
+"""An experiment's results folder: its tables (csv), figures (png) and notes (markdown)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+
+from sdlib.stats import pretty
 
 
 class Results:
@@ -15,12 +17,25 @@ class Results:
         self.folder = Path(folder)
         self.tables: dict[str, pd.DataFrame] = {}
         self.figures: dict[str, Path] = {}
+        self.text = ""
 
     def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
         (self.folder / "tables").mkdir(parents=True, exist_ok=True)
         frame.to_csv(self.folder / "tables" / f"{name}.csv")
         self.tables[name] = frame
         return frame
+
+    def view(self, name: str) -> pd.DataFrame:
+        """Table ``name`` for reading: each value beside its 95% interval, ``v [lo, hi]``."""
+        return pretty(self.tables[name])
+
+    def notes(self, lines: list[str]) -> Path:
+        """``notes.md``: what the tables show, in words (which differences exceed noise)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.text = "\n".join(lines) + "\n"
+        path = self.folder / "notes.md"
+        path.write_text(self.text)
+        return path
 
     def figure(self, name: str, fig) -> Path:
         import matplotlib.pyplot as plt

@@ -1,9 +1,12 @@
 """Notebook 03, SDPO vs GRPO on the same problems (PAPER.md Sec. 5).
 
 Runs GRPO, SDPO (demonstrations with their thinking) and, optionally, SDPO with
-demonstrations stripped of thinking, from the same base model on the same problems, then:
-    curves over steps: training reward, response length, epistemic count, divergence
-    OOD evaluation of the base model and of each final adapter
+demonstrations stripped of thinking, from the same base model on the same problems, once
+per seed, then:
+    training curves: reward, length, epistemic count, divergence (mean and band over seeds)
+    every saved checkpoint evaluated out of distribution: accuracy, length and epistemic
+    count against step, step 0 being the base model (the study's figures)
+    the final adapters against the base model: per benchmark, paired differences
     per-word change of epistemic counts, after minus before (the study's "wait" figure)
 ``compare`` is shared with notebook 04.
 """
@@ -12,95 +15,55 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from sdlib import plots
-from sdlib.behavior import EPISTEMIC_WORDS
 from sdlib.config import OnPolicyConfig
 from sdlib.datasets import load_benchmarks
-from sdlib.experiments import training
-from sdlib.experiments.evaluation import evaluate_policy
+from sdlib.experiments import tables, training
+from sdlib.experiments.evaluation import checkpoint_evals, evaluate_seeds
 from sdlib.experiments.results import Results
 
 NAME = "03_sdpo_vs_grpo"
 CURVES = ["rollout/reward_mean", "rollout/len_tokens", "rollout/epi_total", "train/divergence"]
+STEP_MEASURES = ["accuracy", "length", "epistemic"]
 
 
-def compare(cfg, res: Results, runs: dict, title: str) -> dict[str, pd.DataFrame]:
-    """Train each named TrainConfig, evaluate base and finals OOD, write tables/figures."""
-    trained = {label: training.train(cfg, t) for label, t in runs.items()}
-    frames = {label: r.metrics for label, r in trained.items()}
+def compare(cfg, res: Results, runs: dict[str, list], title: str, notes=()) -> dict:
+    """Train each run's configurations (one per seed), evaluate base, checkpoints and
+    finals out of distribution, and write the tables, figures and notes (``notes``: more
+    lines to put first). Returns the final evaluations' samples by run."""
+    subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
+    trained = {label: training.train_seeds(cfg, tcfgs) for label, tcfgs in runs.items()}
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
-    evals = {"base": evaluate_policy(cfg, "base", benchmarks)}
-    for label, r in trained.items():
-        evals[label] = evaluate_policy(cfg, label.replace(" ", "_"), benchmarks, adapter=r.adapter)
-    subtitle = f"{cfg.model} · preset {cfg.preset}"
-    res.table("training_summary", training_summary(frames))
-    ood = res.table("ood", ood_table(evals))
-    shift = res.table("epistemic_word_shift", word_shift(evals))
-    res.figure("curves", plots.training_curves(frames, CURVES, subtitle, title))
-    res.figure("word_shift", plots.word_shift(shift, subtitle))
+    base = evaluate_seeds(cfg, "base", benchmarks)
+    steps, evals = {}, {"base": base}
+    for label, runs_of_label in trained.items():
+        steps.update(points := checkpoint_evals(cfg, label, runs_of_label, benchmarks, base))
+        evals[label] = points[max(points)]  # the final checkpoint
+    metrics = {label: [t.metrics for t in ts] for label, ts in trained.items()}
+    curves = res.table("training_curves", tables.curves(metrics, CURVES))
+    over = res.table("ood_over_training", tables.over_steps(steps))
+    ood = res.table("ood", tables.by_benchmark(evals))
+    shift = res.table("epistemic_word_shift", tables.word_shift(evals))
+    res.figure("curves", plots.training_curves(curves, CURVES, subtitle, title))
+    checkpoints = "Out-of-distribution evaluation of the checkpoints"
     res.figure(
-        "ood_accuracy",
-        plots.accuracy_bars(
-            ood[[c for c in ood.columns if c.startswith("acc:")]].rename(
-                columns=lambda c: c.removeprefix("acc:")
-            ),
-            subtitle,
-            "OOD accuracy before/after",
-        ),
+        "ood_over_training", plots.training_curves(over, STEP_MEASURES, subtitle, checkpoints)
     )
-    return frames
-
-
-def training_summary(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """First and last step of the curves, per run."""
-    rows = {}
-    for label, f in frames.items():
-        for key in CURVES:
-            if key in f and f[key].notna().any():
-                series = f[key].dropna()
-                rows.setdefault(label, {})[f"{key} first"] = series.iloc[0]
-                rows[label][f"{key} last"] = series.iloc[-1]
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run")
-
-
-def ood_table(evals: dict) -> pd.DataFrame:
-    rows = {}
-    for label, ev in evals.items():
-        t, s = ev.table, ev.samples
-        row = {f"acc:{b}": v for b, v in t["eval/accuracy"].items() if b != "overall"}
-        row.update(
-            {
-                "accuracy": s["correct"].mean(),
-                "len_tokens": s["len_tokens"].mean(),
-                "epi_total": s["epi_total"].mean(),
-                "epi_total_word": s["epi_total_word"].mean(),
-            }
-        )
-        rows[label] = row
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
-
-
-def word_shift(evals: dict) -> pd.DataFrame:
-    """Mean count per response of each epistemic word, trained minus base: [word, run]."""
-    base = evals["base"].samples
-    out = {
-        label: {w: ev.samples[f"epi/{w}"].mean() - base[f"epi/{w}"].mean() for w in EPISTEMIC_WORDS}
-        for label, ev in evals.items()
-        if label != "base"
-    }
-    return pd.DataFrame(out).rename_axis("word")
+    res.figure("word_shift", plots.word_shift(shift, subtitle))
+    res.figure("ood_accuracy", plots.accuracy_bars(ood, subtitle, "OOD accuracy, final"))
+    lines = [f"- {line}" for line in tables.notes(ood)]
+    res.notes([*notes, "Final adapters against the base model, out of distribution:", *lines])
+    return evals
 
 
 def run(cfg: OnPolicyConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     runs = {
-        "GRPO": training.config(cfg, "grpo", cfg.data, cfg.train, cfg.grpo),
-        "SDPO": training.config(cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo),
+        "GRPO": training.configs(cfg, "grpo", cfg.data, cfg.train, cfg.grpo),
+        "SDPO": training.configs(cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo),
     }
     if cfg.strip_variant:
-        runs["SDPO w/o thinking"] = training.config(
+        runs["SDPO w/o thinking"] = training.configs(
             cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo, {"strip_demo_thinking": True}
         )
     compare(cfg, res, runs, "SDPO vs GRPO during training")

@@ -1,10 +1,13 @@
 """Notebook 02, off-policy SFT on guided vs unguided responses (PAPER.md Sec. 4).
 
-Two LoRA SFT runs from the same base model, on notebook 01's
+Two LoRA SFT runs from the same base model, once per seed, on notebook 01's
     D_ug  correct responses sampled without context (long, more epistemic words)
     D_sg  correct responses sampled with the full solution in context (short, fewer)
-each paired with the plain student prompt. Then base, SFT(D_ug) and SFT(D_sg) are
-evaluated on the out-of-distribution sets: the study's Table 2.
+both over the same problems, one pair per problem, each paired with the plain student
+prompt, and trained for the same number of optimizer steps (their token counts differ:
+that difference is the treatment, and the table shows it). Then base, SFT(D_ug) and
+SFT(D_sg) are evaluated on the out-of-distribution sets: the study's Table 2, with paired
+differences from the base model and between the two SFT runs.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import pandas as pd
 from sdlib import plots
 from sdlib.config import SFTExperimentConfig
 from sdlib.datasets import load_benchmarks
-from sdlib.experiments import context, training
-from sdlib.experiments.evaluation import evaluate_policy
+from sdlib.experiments import context, tables, training
+from sdlib.experiments.evaluation import evaluate_seeds
 from sdlib.experiments.results import Results
 
 NAME = "02_sft_guided_vs_unguided"
@@ -34,57 +37,61 @@ def sft_sets(cfg: SFTExperimentConfig) -> dict[str, Path]:
             )
         if not path.read_text().strip():
             raise ValueError(
-                f"{path} holds no correct responses to train on ({name}); rerun "
-                f"notebook 01 with more problems or samples"
+                f"{path} holds no pairs to train on ({name}): no problem had a correct response "
+                f"both without context and with the solution; rerun notebook 01 with more "
+                f"problems or samples"
             )
     return paths
+
+
+def data_table(data: dict[str, Path], trained: dict[str, list]) -> pd.DataFrame:
+    """Pairs, optimizer steps and response tokens each SFT run trained on (per seed)."""
+    rows = {}
+    for label, path in data.items():
+        m = trained[label][0].metrics
+        rows[label] = {
+            "pairs": len(path.read_text().splitlines()),
+            "steps": len(m),
+            "tokens": int(m["train/tokens"].sum()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("set")
 
 
 def run(cfg: SFTExperimentConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     data = sft_sets(cfg)
-    sizes = {n: len(p.read_text().splitlines()) for n, p in data.items()}
     runs = {
-        f"SFT on {n}": training.train(cfg, training.config(cfg, "sft", [str(p)], cfg.train))
-        for n, p in data.items()
+        f"SFT on {n}": training.configs(cfg, "sft", [str(p)], cfg.train) for n, p in data.items()
     }
+    trained = {label: training.train_seeds(cfg, tcfgs) for label, tcfgs in runs.items()}
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
-    evals = {"base": evaluate_policy(cfg, "base", benchmarks)}
-    for label, r in runs.items():
-        evals[label] = evaluate_policy(cfg, label.replace(" ", "_"), benchmarks, adapter=r.adapter)
-    table = res.table("table2", accuracy_table(evals))
-    res.table("behaviour", behaviour_table(evals))
-    res.table("sft_data", pd.DataFrame({"pairs": sizes}).rename_axis("set"))
-    subtitle = f"{cfg.model} · preset {cfg.preset}"
-    res.figure("accuracy", plots.accuracy_bars(table, subtitle, "SFT on guided vs unguided"))
-    res.figure(
-        "sft_loss",
-        plots.training_curves(
-            {k: r.metrics for k, r in runs.items()},
-            ["train/loss"],
-            subtitle,
-            "SFT training loss",
+    evals = {"base": evaluate_seeds(cfg, "base", benchmarks)}
+    for label, ts in trained.items():
+        evals[label] = evaluate_seeds(
+            cfg, label.replace(" ", "_"), benchmarks, [t.adapter for t in ts]
+        )
+    table = res.table("table2", tables.by_benchmark(evals))
+    guided = res.table(
+        "guided_vs_unguided",
+        tables.by_benchmark(
+            {k: evals[k] for k in ("SFT on D_ug", "SFT on D_sg")}, base="SFT on D_ug"
         ),
     )
+    res.table("sft_data", data_table(dict(zip(runs, data.values(), strict=True)), trained))
+    subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
+    res.figure("accuracy", plots.accuracy_bars(table, subtitle, "SFT on guided vs unguided"))
+    losses = tables.curves(
+        {k: [t.metrics for t in ts] for k, ts in trained.items()}, ["train/loss"]
+    )
+    res.figure(
+        "sft_loss", plots.training_curves(losses, ["train/loss"], subtitle, "SFT training loss")
+    )
+    res.notes(
+        [
+            "SFT on D_sg against SFT on D_ug (same problems, same steps):",
+            *(f"- {line}" for line in tables.notes(guided)),
+            "Each against the base model:",
+            *(f"- {line}" for line in tables.notes(table)),
+        ]
+    )
     return res
-
-
-def accuracy_table(evals: dict) -> pd.DataFrame:
-    """avg@k per model (rows) and benchmark (columns)."""
-    out = {}
-    for model, ev in evals.items():
-        out[model] = ev.table["eval/accuracy"].to_dict()
-    return pd.DataFrame.from_dict(out, orient="index").rename_axis("model")
-
-
-def behaviour_table(evals: dict) -> pd.DataFrame:
-    rows = {
-        m: {
-            "len_tokens": ev.samples["len_tokens"].mean(),
-            "epi_total": ev.samples["epi_total"].mean(),
-            "epi_total_word": ev.samples["epi_total_word"].mean(),
-            "boxed_frac": ev.samples["pred"].notna().mean(),
-        }
-        for m, ev in evals.items()
-    }
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")

@@ -12,22 +12,35 @@ import pandas as pd
 import sdlib.train as trainers
 from sdlib.config import TrainConfig, from_dict
 from sdlib.experiments import cache
-from sdlib.runfolder import RunFolder
+from sdlib.runfolder import RunFolder, verify
 from sdlib.train.loop import METRICS_FILE, finished
 
 # what a training run inherits from the experiment it belongs to
-SHARED = ("model", "dtype", "device", "seed", "few_shot", "thinking", "gen_batch", "backend",
-          "max_new_tokens")  # fmt: skip
+SHARED = (
+    "model",
+    "dtype",
+    "device",
+    "few_shot",
+    "thinking",
+    "gen_batch",
+    "backend",
+    "max_new_tokens",
+)
 # fields that do not change what a run computes, left out of its key
 UNKEYED = ("out", "save_every", "sample_every", "log_to")
 
 
-def config(cfg, algo: str, data: list[str], *overrides: dict) -> TrainConfig:
-    """A TrainConfig from the experiment's shared knobs, then each override in turn."""
-    values = {"algo": algo, "data": data, **{k: getattr(cfg, k) for k in SHARED}}
+def config(cfg, algo: str, data: list[str], *overrides: dict, seed: int = 0) -> TrainConfig:
+    """A TrainConfig from the experiment's shared knobs and ``seed``, then each override."""
+    values = {"algo": algo, "data": data, "seed": seed, **{k: getattr(cfg, k) for k in SHARED}}
     for o in overrides:
         values.update(o)
     return from_dict(TrainConfig, values)
+
+
+def configs(cfg, algo: str, data: list[str], *overrides: dict) -> list[TrainConfig]:
+    """``config`` once per seed of the experiment (``cfg.seeds``)."""
+    return [config(cfg, algo, data, *overrides, seed=s) for s in cfg.seeds]
 
 
 @dataclass
@@ -49,6 +62,15 @@ class Trained:
         return final / "adapter"
 
     @property
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, adapter) of every intact checkpoint, oldest first (curves over training)."""
+        return [
+            (step, folder / "adapter")
+            for step, folder in self.run.checkpoints()
+            if verify(folder) is None
+        ]
+
+    @property
     def metrics(self) -> pd.DataFrame:
         """One row per step (``sdlib.metrics``)."""
         return pd.DataFrame(self.run.read(METRICS_FILE))
@@ -61,3 +83,8 @@ def train(cfg, tcfg: TrainConfig) -> Trained:
     out = cache.folder(cfg.out, "train", tcfg.algo, {"revision": trainers.REVISION, **keyed})
     tcfg = dataclasses.replace(tcfg, out=str(out))
     return Trained(trainers.train(tcfg), tcfg)
+
+
+def train_seeds(cfg, tcfgs: list[TrainConfig]) -> list[Trained]:
+    """``train`` each configuration (one per seed)."""
+    return [train(cfg, t) for t in tcfgs]

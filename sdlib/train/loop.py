@@ -64,7 +64,7 @@ class Algorithm(Protocol):
     # the loss of micro-batch ``rows`` and, per forwarded token, its ``token_metrics``
     def micro_loss(self, model, batch: Batch, rows, norm) -> tuple[torch.Tensor, dict]: ...
 
-    def after_update(self, model) -> None: ...
+    def after_step(self, model) -> None: ...  # after the step's last update
 
     def row(self, batch: Batch) -> dict: ...  # the step's own metrics
 
@@ -116,7 +116,6 @@ def update_phase(algo, model, batch: Batch, opt, sched, cfg, dist: Dist = SINGLE
         updates["train/loss"].append(loss if len(rows) else math.nan)
         opt.step()
         sched.step()
-        algo.after_update(model)
     row = {k: _mean(torch.tensor(v, dtype=torch.float64)) for k, v in updates.items()}
     row.update({k: _mean(torch.cat(v)) if v else None for k, v in tokens.items()})
     row["train/tokens"] = forwarded
@@ -135,6 +134,7 @@ def one_step(algo, model, cfg, step, opt, sched, run: RunFolder, dist: Dist = SI
     batch = algo.batch(step, dist)  # 1-4
     ready = time.perf_counter()
     stats = update_phase(algo, model, batch, opt, sched, cfg, dist)  # 5
+    algo.after_step(model)  # the EMA teacher moves once per step, as in the reference
     done = time.perf_counter()
     sampled = dist.main and cfg.sample_every and step % cfg.sample_every == 0
     if sampled and (samples := algo.samples(batch, step)):  # 6
@@ -162,8 +162,13 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
         opt, sched = core.make_optimizer(policy.model, cfg)
         start = resume(run, cfg, policy.model, opt, sched, algo, dist)
         total = algo.steps()
-        bar = tqdm(range(start, total), desc=f"{cfg.algo} steps", initial=start, total=total,
-                   disable=not dist.main)  # fmt: skip
+        bar = tqdm(
+            range(start, total),
+            desc=f"{cfg.algo} steps",
+            initial=start,
+            total=total,
+            disable=not dist.main,
+        )
         for step in bar:
             row = one_step(algo, policy.model, cfg, step, opt, sched, run, dist)
             if dist.main:
@@ -200,8 +205,9 @@ def resume(run: RunFolder, cfg, model, opt, sched, algo, dist: Dist = SINGLE) ->
     if dist.main:
         check_params(run, cfg)
     metrics, samples = run.read(METRICS_FILE), run.read(SAMPLES_FILE)
-    whole = next((i for i, r in enumerate(metrics[: metrics.intact]) if r.get("step") != i),
-                 metrics.intact)  # fmt: skip
+    whole = next(
+        (i for i, r in enumerate(metrics[: metrics.intact]) if r.get("step") != i), metrics.intact
+    )
     if samples.damaged:  # the step of the last good row before the damage may be partial
         whole = min(whole, samples[samples.intact - 1]["step"] if samples.intact else 0)
     found = run.latest(at_most=whole)

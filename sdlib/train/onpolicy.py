@@ -119,10 +119,14 @@ def fitting(problems: list[Problem], policy, cfg) -> list[Problem]:
     (the others are reported and skipped); an error when none is left."""
     tok = policy.tokenizer
     context = getattr(policy.model.config, "max_position_embeddings", None)
-    texts = [chat(tok, student_prompt(p.question), THINKING[cfg.thinking], cfg.few_shot)
-             for p in problems]  # fmt: skip
-    kept = [problems[i] for i in within_context(problems, texts, tok, cfg.max_new_tokens,
-                                                context, "training data")]  # fmt: skip
+    texts = [
+        chat(tok, student_prompt(p.question), THINKING[cfg.thinking], cfg.few_shot)
+        for p in problems
+    ]
+    kept = [
+        problems[i]
+        for i in within_context(problems, texts, tok, cfg.max_new_tokens, context, "training data")
+    ]
     if problems and not kept:
         raise ValueError(
             f"no training problem of {cfg.data} fits the model's {context}-token context "
@@ -177,7 +181,7 @@ class OnPolicy:
             )
         return rows
 
-    def after_update(self, model) -> None:
+    def after_step(self, model) -> None:
         pass
 
     def state(self) -> dict:

@@ -20,7 +20,7 @@ import torch
 from sdlib.grading import extract_answer
 from sdlib.losses import aggregate, scatter_tokens, sdpo_token_loss, select_tokens
 from sdlib.models import TEACHERS
-from sdlib.prompts import THINKING, chat, teacher_prompt, without_thinking
+from sdlib.prompts import THINKING, chat, strip_thinking, teacher_prompt
 from sdlib.train import core
 from sdlib.train.onpolicy import OnPolicy, StepBatch
 
@@ -64,7 +64,7 @@ class SDPO(OnPolicy):
         for i, d in enumerate(demos):
             user = sb.users[ro.prompt_index[i]]
             if d is not None:
-                demo = without_thinking(ro.text[d]) if cfg.strip_demo_thinking else ro.text[d]
+                demo = strip_thinking(ro.text[d]) if cfg.strip_demo_thinking else ro.text[d]
                 turn = teacher_prompt(user, demo)
             elif cfg.feedback:
                 turn = teacher_prompt(user, feedback=feedback_text(ro.text[i]))
@@ -114,7 +114,7 @@ class SDPO(OnPolicy):
         self.teacher_seconds += time.perf_counter() - start
         return h
 
-    def after_update(self, model) -> None:
+    def after_step(self, model) -> None:
         self.teacher.update(model)
 
     def row(self, sb: StepBatch) -> dict:

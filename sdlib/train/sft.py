@@ -71,7 +71,7 @@ class SFT:
         nll = scatter_tokens(-st.token_logp, micro.loss_mask)
         return aggregate(nll, micro.loss_mask, self.cfg.loss_agg, norm), {}
 
-    def after_update(self, model) -> None:
+    def after_step(self, model) -> None:
         pass
 
     def row(self, batch: Batch) -> dict:

@@ -1,0 +1,136 @@
+"""The study's tables, every number with its 95% interval (``sdlib.stats``).
+
+Inputs are samples tables: one row per sample with ``seed``, ``benchmark``, ``problem_id``,
+``sample`` and the measures (``correct``, ``len_tokens``, ``epi_total``, ...). Every function
+returns numeric columns ``m``, ``m_lo``, ``m_hi`` (``stats.pretty`` shows them as
+``v [lo, hi]``) and the sample sizes; comparisons are paired differences over the problems
+and samples two runs share, and ``notes`` says in words which of them exceed noise.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sdlib import stats
+from sdlib.behavior import EPISTEMIC_WORDS
+
+# what a table reports of a set of samples: column name -> samples column
+MEASURES = {
+    "accuracy": "correct",
+    "length": "len_tokens",
+    "epistemic": "epi_total",
+    "epistemic_word": "epi_total_word",
+    "truncated": "truncated",  # cut at max_new_tokens: a short cap flatters short answers
+}
+SIZES = ("seeds", "problems", "samples")
+
+
+def _cubes(a: pd.DataFrame, b: pd.DataFrame, column: str):
+    """Two samples tables as aligned cubes over the problems both hold."""
+    problems = sorted(set(a["problem_id"]) & set(b["problem_id"]))
+    return stats.cube(a, column, problems), stats.cube(b, column, problems)
+
+
+def _row(samples: pd.DataFrame, measures: dict[str, str]) -> dict:
+    row = {}
+    for name, column in measures.items():
+        est = stats.estimate(stats.cube(samples, column))
+        row.update(est.columns(name))
+    row.update(seeds=est.seeds, problems=est.problems, samples=est.samples)
+    return row
+
+
+def _diff_row(a: pd.DataFrame, b: pd.DataFrame, measures: dict[str, str]) -> dict:
+    row = {}
+    for name, column in measures.items():
+        est = stats.paired_difference(*_cubes(a, b, column))
+        row.update(est.columns(f"Δ{name}"))
+    return row
+
+
+def summary(samples: pd.DataFrame, measures: dict[str, str] = MEASURES) -> dict:
+    """One row: each measure with its interval, and the sizes it rests on."""
+    return _row(samples, measures)
+
+
+def by_benchmark(
+    evals: dict[str, pd.DataFrame], base: str | None = "base", measures: dict = MEASURES
+) -> pd.DataFrame:
+    """Rows (model, benchmark): each measure, and its paired difference from ``base``."""
+    rows = {}
+    for label, samples in evals.items():
+        for bench, part in samples.groupby("benchmark", sort=False):
+            row = _row(part, measures)
+            if base is not None and label != base:
+                ref = evals[base][evals[base]["benchmark"] == bench]
+                row.update(_diff_row(part, ref, measures))
+            rows[(label, bench)] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["model", "benchmark"])
+
+
+def conditions(runs: dict[str, pd.DataFrame], base: str, measures: dict = MEASURES) -> pd.DataFrame:
+    """Rows per condition (one problem set): measures, and paired differences from ``base``."""
+    rows = {}
+    for label, samples in runs.items():
+        row = _row(samples, measures)
+        if label != base:
+            row.update(_diff_row(samples, runs[base], measures))
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("condition")
+
+
+def word_shift(evals: dict[str, pd.DataFrame], base: str = "base") -> pd.DataFrame:
+    """Rows (word, run): change of the word's count per response from ``base``, paired."""
+    rows = {}
+    for label, samples in evals.items():
+        if label == base:
+            continue
+        for w in EPISTEMIC_WORDS:
+            est = stats.paired_difference(*_cubes(samples, evals[base], f"epi/{w}"))
+            rows[(w, label)] = {**est.columns("change"), "problems": est.problems}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["word", "run"])
+
+
+def over_steps(evals: dict[tuple[str, int], pd.DataFrame], measures: dict = MEASURES):
+    """Rows (run, step): the measures of each run's checkpoint evaluations."""
+    rows = {key: _row(samples, measures) for key, samples in evals.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["run", "step"]).sort_index()
+
+
+def curves(frames: dict[str, list[pd.DataFrame]], keys: list[str]) -> pd.DataFrame:
+    """Training metrics per run and step: the mean over seeds and its interval over seeds.
+
+    ``frames[run]`` holds one metrics table per seed. Rows (run, step)."""
+    rows = {}
+    for label, per_seed in frames.items():
+        long = pd.concat([f.assign(seed=i) for i, f in enumerate(per_seed)], ignore_index=True)
+        for step, at in long.groupby("step"):
+            row = {}
+            for key in keys:
+                values = at[key].dropna() if key in at else []
+                if len(values):
+                    row.update(stats.across_seeds(values.to_numpy()).columns(key))
+            rows[(label, int(step))] = {**row, "seeds": len(at)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["run", "step"])
+
+
+def sentence(what: str, est: stats.Estimate) -> str:
+    """``what: +0.12 [+0.05, +0.19], exceeds noise`` (or ``within noise``), with sizes."""
+    verdict = "exceeds noise (the interval excludes 0)" if est.excludes(0) else "within noise"
+    return (
+        f"{what}: {est.value:+.3f} [{est.low:+.3f}, {est.high:+.3f}], {verdict} "
+        f"({est.problems} problems, {est.samples} samples, {est.seeds} seeds)"
+    )
+
+
+def notes(table: pd.DataFrame, measures=("accuracy", "length", "epistemic")) -> list[str]:
+    """One sentence per row and measure of a table's paired differences (``Δm`` columns)."""
+    lines = []
+    for index, row in table.iterrows():
+        name = " / ".join(map(str, index)) if isinstance(index, tuple) else str(index)
+        for m in measures:
+            if pd.notna(row.get(f"Δ{m}")):
+                sizes = (int(row[k]) for k in SIZES)
+                est = stats.Estimate(row[f"Δ{m}"], row[f"Δ{m}_lo"], row[f"Δ{m}_hi"], *sizes)
+                lines.append(sentence(f"{name}, {m} minus the reference", est))
+    return lines
