@@ -52,6 +52,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from sdlib.models import DTYPES, TEACHERS
     from sdlib.rollout import BACKENDS
     from sdlib.train import ALGORITHMS, LOGGERS
+    from sdlib.train.onpolicy import ROLLOUT_IS
 
     return {
         "algo": tuple(ALGORITHMS),
@@ -62,6 +63,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "loss_agg": tuple(AGGREGATIONS),
         "distill_loss": tuple(DISTILLATION_LOSSES),
         "log_to": tuple(LOGGERS),
+        "rollout_is": tuple(ROLLOUT_IS),
     }
 
 
@@ -123,6 +125,7 @@ RANGES = {
             "eval_temperature",
             "topk",
             "top_k",
+            "max_teacher_prompt_tokens",
             "eps_high",
         ),
         _NON_NEGATIVE,
@@ -134,6 +137,7 @@ RANGES = {
     "lora_dropout": _range(0, 1, high_open=True),
     "eps_low": _range(0, 1, high_open=True),
     "is_clip": _range(0, low_open=True, zero=True),
+    "rollout_is_clip": _range(1),
     "dual_clip": _range(1, low_open=True, zero=True),
 }
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
@@ -226,6 +230,14 @@ class TrainConfig:
     thinking: str = shared("thinking", "default")
     seed: int = shared("seed", 0)
     loss_agg: str = doc("token-mean, seq-mean-token-mean or seq-mean-token-sum", "token-mean")
+    rollout_is: str = doc(
+        "pi_old of the ratios: sampler (the rollout log-probs) or token (recomputed by the "
+        "trainer before the updates; each token then weighs min(pi_old / pi_sampler, "
+        "rollout_is_clip), as the reference, so a sampler/trainer numerics gap stays out "
+        "of the clip)",
+        "sampler",
+    )
+    rollout_is_clip: float = doc("clip of the rollout importance weight (rollout_is: token)", 2.0)
     loss_chunk: int = doc("tokens per chunk of the output head in the loss", 1024)
     # GRPO
     eps_low: float = doc("GRPO clip range below 1", 0.2)
@@ -255,6 +267,11 @@ class TrainConfig:
         "demonstrations without their thinking (prompts.strip_thinking)", False
     )
     feedback: bool = doc("teach rollouts with no successful sibling from a feedback text", False)
+    max_teacher_prompt_tokens: int = doc(
+        "teacher prompts longer than this lose the start of their demonstration; 0 = no limit "
+        "(the reference: 22,528)",
+        0,
+    )
     # SFT
     epochs: int = doc("SFT passes over the data (steps caps it)", 1)
     # run management

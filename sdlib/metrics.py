@@ -44,6 +44,11 @@ METRICS: dict[str, Metric] = {
     "rollout/epi_total": Metric("mean epistemic words per response, paper (substring)", ON_POLICY),
     "rollout/epi_total_word": Metric("mean epistemic words per response, whole words", ON_POLICY),
     "rollout/truncated_frac": Metric("responses cut at max_new_tokens", ON_POLICY),
+    "rollout/is_weight_mean": Metric(
+        "mean min(pi_old / pi_sampler, rollout_is_clip) over response tokens",
+        ON_POLICY,
+        lambda c: c.rollout_is == "token",
+    ),
     # phases 4-5: the loss and the updates
     "train/active_frac": Metric("samples forwarded in the loss", ON_POLICY),
     "train/tokens": Metric("response tokens forwarded in the loss this step", TRAINING),

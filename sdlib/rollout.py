@@ -271,6 +271,10 @@ class VLLMBackend:
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             enable_prefix_caching=True,
+            # log-probs of the distribution sampled from (after temperature), as the
+            # transformers backend records them; vLLM's default is before temperature,
+            # which would start pi / pi_old away from 1 at any T != 1
+            logprobs_mode="processed_logprobs",
         )
         return cls(engine, tokenizer)
 

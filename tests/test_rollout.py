@@ -179,3 +179,17 @@ def test_vllm_serves_each_new_adapter_under_a_new_id(tiny, tmp_path):
     served = [call[2] for call in engine.calls]
     assert served[0] == (None, 1)
     assert served[1] == (str(tmp_path / "step1"), 2) and served[2] == (str(tmp_path / "step2"), 3)
+
+
+def test_vllm_engine_records_log_probs_after_temperature(tiny, monkeypatch):
+    # vLLM returns log-probs from before temperature unless asked for processed ones: at
+    # T != 1 the importance ratio would then not start at 1 on that backend
+    import sys
+    import types
+
+    seen = {}
+    fake = types.SimpleNamespace(LLM=lambda **kw: seen.update(kw) or "engine")
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    backend = VLLMBackend.from_model("some/model", tiny.tokenizer)
+    assert backend.engine == "engine" and seen["logprobs_mode"] == "processed_logprobs"
+    assert seen["enable_lora"] is True

@@ -396,3 +396,48 @@ def test_metrics_stream_to_tensorboard_and_wandb(tmp_path, monkeypatch):
     assert logged[0][0] == "init" and os.environ.pop("WANDB_MODE") == "offline"
     assert [step for step, _ in logged[1:]] == [0, 1]
     assert logged[1][1]["train/grad_norm"] == pytest.approx(rows[0]["train/grad_norm"])
+
+
+@pytest.mark.parametrize("algo_cls, name", [(GRPO, "grpo"), (SDPO, "sdpo")])
+def test_token_rollout_correction_recomputes_pi_old_and_weights_the_gap(tmp_path, algo_cls, name):
+    from sdlib.train.onpolicy import trainer_log_probs
+
+    cfg = cfg_for(tmp_path, algo=name, dtype="fp64", temperature=0.7, rollout_is="token")
+    policy, sb = step_batch(cfg, [0, 1, 1, 0, 1, 0, 0, 1])
+    sampler = sb.logp_old.clone()
+    trainer_log_probs(policy.model, sb, cfg)
+    mask = sb.student.loss_mask
+    # an exact sampler: the trainer's pi_old is the sampler's, and no token is reweighted
+    assert torch.allclose(sb.logp_old[mask], sampler[mask], atol=1e-9)
+    assert torch.allclose(sb.rollout_weight[mask], torch.ones_like(sb.rollout_weight[mask]))
+    # a sampler that drifted: pi_old is still the trainer's, the gap is weighted and clipped
+    drift = torch.linspace(-1.5, 1.5, int(mask.sum()), dtype=sampler.dtype)  # float32 rows
+    sb.logp_old = sampler.clone()
+    sb.logp_old[mask] = sampler[mask] + drift
+    trainer_log_probs(policy.model, sb, cfg)
+    assert torch.allclose(sb.logp_old[mask], sampler[mask], atol=1e-9)
+    expected = (-drift).exp().clamp(max=cfg.rollout_is_clip)
+    assert torch.allclose(sb.rollout_weight[mask], expected, atol=1e-5)
+    # and the loss is each token's loss times its weight
+    algo = algo_cls(cfg, policy, [])
+    algo.prepare(sb)
+    rows = sb.active.nonzero().squeeze(1)
+    norm = loss_normalizer(sb.student.loss_mask[sb.active], "token-mean")
+    weighted, _ = algo.micro_loss(policy.model, sb, rows, norm)
+    sb.rollout_weight = torch.ones_like(sb.rollout_weight)
+    plain, _ = algo.micro_loss(policy.model, sb, rows, norm)
+    assert float(weighted) != pytest.approx(float(plain), rel=1e-6)
+
+
+def test_a_long_demonstration_loses_its_start_to_fit_the_teacher_prompt(tmp_path):
+    from sdlib.prompts import teacher_prompt
+
+    cfg = cfg_for(tmp_path, algo="sdpo", max_teacher_prompt_tokens=60)
+    policy, _ = step_batch(cfg, [0] * 8)
+    algo = SDPO(cfg, policy, [])
+    demo = " ".join(f"step {i}." for i in range(200)) + " So \\boxed{7}."
+    fitted = algo.fit_demonstration("What is 3 + 4?", demo)
+    tok = policy.tokenizer
+    assert len(tok(teacher_prompt("What is 3 + 4?", fitted))["input_ids"]) <= 60
+    assert fitted.endswith("So \\boxed{7}.") and len(fitted) < len(demo)
+    assert algo.fit_demonstration("What is 3 + 4?", "short \\boxed{7}") == "short \\boxed{7}"

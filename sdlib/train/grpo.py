@@ -60,6 +60,7 @@ class GRPO(OnPolicy):
             k3 = self._kl_initial(model, batch, st, head, tokens)
             per_token = per_token + cfg.kl_coef * scatter_tokens(k3, mask)
             stats["train/kl_initial"] = k3
+        per_token = per_token * sb.rollout_weight[rows, : mask.shape[1]].to(per_token)
         return aggregate(per_token, mask, cfg.loss_agg, norm), stats
 
     def _kl_initial(self, model, batch, st, head, tokens):

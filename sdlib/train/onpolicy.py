@@ -38,7 +38,8 @@ class StepBatch(Batch):
     users: list[str]  # student user turns, one per problem
     rollouts: Rollouts
     rewards: torch.Tensor  # [N]
-    logp_old: torch.Tensor  # [N, T] rollout log-probs at the loss positions
+    logp_old: torch.Tensor  # [N, T] pi_old at the loss positions (``ROLLOUT_IS``)
+    rollout_weight: torch.Tensor  # [N, T] min(pi_old / pi_sampler, clip); 1 for "sampler"
 
 
 def rollout_phase(policy, backend, problems, cfg, step, keys=None) -> StepBatch:
@@ -75,6 +76,7 @@ def make_step_batch(problems, users, ro: Rollouts, rewards, pad_id: int) -> Step
         rollouts=ro,
         rewards=rewards,
         logp_old=logp_old,
+        rollout_weight=torch.ones_like(logp_old),
     )
 
 
@@ -135,6 +137,36 @@ def fitting(problems: list[Problem], policy, cfg) -> list[Problem]:
     return kept
 
 
+def sampler_log_probs(model, sb: StepBatch, cfg) -> None:
+    """pi_old = the sampler's own log-probs (kept from the rollout); no extra weight."""
+
+
+@torch.no_grad()
+def trainer_log_probs(model, sb: StepBatch, cfg) -> None:
+    """pi_old recomputed by the trainer (before this step's updates, at the rollout
+    temperature), each token weighted by w = min(exp(pi_old - pi_sampler), rollout_is_clip),
+    detached: the reference's token-level rollout correction. With an exact sampler, as the
+    transformers backend in float64, w = 1 and pi_old equals the sampler's log-probs."""
+    device, head = next(model.parameters()).device, core.output_head(model, cfg)
+    recomputed = torch.zeros_like(sb.logp_old)
+    for part in core.micro_batches(len(sb.group), cfg.micro_batch):
+        rows = torch.arange(len(sb.group))[part]
+        batch = sb.student.rows(rows).to(device)
+        h, tokens = core.selected(model, batch)
+        block = torch.zeros(batch.loss_mask.shape, dtype=recomputed.dtype)
+        block[batch.loss_mask.cpu()] = head.student(h, tokens, k=1).token_logp.cpu().to(block)
+        recomputed[rows, : block.shape[1]] = block
+    gap = (recomputed - sb.logp_old).clamp(-20, 20)
+    sb.rollout_weight = torch.where(
+        sb.student.loss_mask, gap.exp().clamp(max=cfg.rollout_is_clip), 1
+    )
+    sb.logp_old = recomputed
+
+
+# The registry ``TrainConfig.rollout_is`` chooses from.
+ROLLOUT_IS = {"sampler": sampler_log_probs, "token": trainer_log_probs}
+
+
 class OnPolicy:
     """Phases 1-4 and the bookkeeping of the loop's ``Algorithm`` for GRPO and SDPO."""
 
@@ -155,6 +187,7 @@ class OnPolicy:
         keys = [step * cfg.prompts_per_step + i for i in mine]
         sb = rollout_phase(self.policy, self.backend, [problems[i] for i in mine], cfg, step, keys)
         self.rollout_seconds = time.perf_counter() - start
+        ROLLOUT_IS[cfg.rollout_is](self.policy.model, sb, cfg)
         self.prepare(sb)
         return sb
 
@@ -162,7 +195,10 @@ class OnPolicy:
         raise NotImplementedError
 
     def row(self, sb: StepBatch) -> dict:
-        return {**rollout_metrics(sb), "time/rollout": self.rollout_seconds}
+        row = {**rollout_metrics(sb), "time/rollout": self.rollout_seconds}
+        if self.cfg.rollout_is == "token":
+            row["rollout/is_weight_mean"] = float(sb.rollout_weight[sb.student.loss_mask].mean())
+        return row
 
     def samples(self, sb: StepBatch, step: int) -> list[dict]:
         rows = []

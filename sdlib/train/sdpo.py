@@ -65,7 +65,7 @@ class SDPO(OnPolicy):
             user = sb.users[ro.prompt_index[i]]
             if d is not None:
                 demo = strip_thinking(ro.text[d]) if cfg.strip_demo_thinking else ro.text[d]
-                turn = teacher_prompt(user, demo)
+                turn = teacher_prompt(user, self.fit_demonstration(user, demo))
             elif cfg.feedback:
                 turn = teacher_prompt(user, feedback=feedback_text(ro.text[i]))
             else:
@@ -77,6 +77,19 @@ class SDPO(OnPolicy):
         sb.extra["teacher"] = core.pack(prompts, ro.token_ids, self.tok.pad_token_id)
         self.masked_frac = 1.0 - float(sb.active.float().mean())
         self.teacher_seconds = 0.0
+
+    def fit_demonstration(self, user: str, demo: str) -> str:
+        """``demo``, cut from its start until the teacher prompt holds at most
+        ``max_teacher_prompt_tokens`` (0: no limit; the reference's is 22,528). The end of a
+        demonstration holds its answer, so that is what is kept."""
+        limit = self.cfg.max_teacher_prompt_tokens
+        length = lambda text: len(self.tok(teacher_prompt(user, text))["input_ids"])  # noqa: E731
+        ids, cut = self.tok(demo, add_special_tokens=False)["input_ids"], 0
+        while limit and length(demo) > limit and cut < len(ids):
+            # tokens re-merge at the cut, so measure again rather than trust the count
+            cut = min(cut + max(length(demo) - limit, 1), len(ids))
+            demo = self.tok.decode(ids[cut:])
+        return demo
 
     def counted(self, sb: StepBatch) -> torch.Tensor:
         return sb.active
@@ -99,6 +112,9 @@ class SDPO(OnPolicy):
             k=cfg.topk,
             alpha=cfg.alpha,
             is_clip=cfg.is_clip or None,
+        )
+        per_token = per_token * select_tokens(sb.rollout_weight[rows, : mask.shape[1]], mask).to(
+            per_token
         )
         stats = {"train/divergence": distilled.divergence, "train/entropy": distilled.entropy}
         if cfg.is_clip > 0:
