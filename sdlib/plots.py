@@ -161,3 +161,23 @@ def coverage_lines(table: pd.DataFrame, base: pd.DataFrame, subtitle: str):
     _title(fig, "Task coverage: training score vs OOD accuracy", subtitle)
     fig.tight_layout()
     return fig
+
+
+def specificity(table: pd.DataFrame, subtitle: str, top: int = 15):
+    """The words whose count per response changed most, per run (epistemic words in red)."""
+    runs = list(dict.fromkeys(table.index.get_level_values("run")))
+    fig, axes = plt.subplots(
+        1, len(runs), figsize=(4.5 * len(runs), 0.28 * top + 1.6), squeeze=False
+    )
+    for ax, run in zip(axes[0], runs, strict=True):
+        part = table.loc[run].sort_values("rank").head(top).iloc[::-1]
+        colours = ["tab:red" if e else "tab:gray" for e in part["epistemic"]]
+        ax.barh(part.index, part["change"], color=colours)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(run, fontsize=10)
+        ax.set_xlabel("change in count per response")
+    fig.suptitle(
+        f"Which words moved most (red: the study's epistemic words)\n{subtitle}", fontsize=11
+    )
+    fig.tight_layout()
+    return fig

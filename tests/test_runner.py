@@ -30,6 +30,7 @@ EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
         "epistemic_word_shift": ["change", "change_lo", "change_hi"],
         "training_curves": ["rollout/reward_mean", "rollout/len_tokens"],
         "ood_over_training": ["accuracy", "length"],
+        "specificity": ["change", "rank"],
     },
     "04_fixed_vs_moving_teacher": {
         "ood": ["accuracy", "length", "epistemic"],
@@ -43,8 +44,14 @@ EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
 FIGURES = {
     "01_context_richness": ["conditions"],
     "02_sft_guided_vs_unguided": ["accuracy", "sft_loss"],
-    "03_sdpo_vs_grpo": ["curves", "ood_over_training", "word_shift", "ood_accuracy"],
-    "04_fixed_vs_moving_teacher": ["curves", "ood_over_training", "word_shift", "ood_accuracy"],
+    "03_sdpo_vs_grpo": ["curves", "ood_over_training", "word_shift", "specificity", "ood_accuracy"],
+    "04_fixed_vs_moving_teacher": [
+        "curves",
+        "ood_over_training",
+        "word_shift",
+        "specificity",
+        "ood_accuracy",
+    ],
     "05_task_coverage": ["coverage", "curves", "ood_over_training"],
 }
 

@@ -7,7 +7,8 @@ per seed, then:
     every saved checkpoint evaluated out of distribution: accuracy, length and epistemic
     count against step, step 0 being the base model (the study's figures)
     the final adapters against the base model: per benchmark, paired differences
-    per-word change of epistemic counts, after minus before (the study's "wait" figure)
+    per-word change of epistemic counts, after minus before (the study's "wait" figure),
+    and of every word of the responses (its specificity check, Appendix B.4)
 ``compare`` is shared with notebook 04.
 """
 
@@ -44,12 +45,14 @@ def compare(cfg, res: Results, runs: dict[str, list], title: str, notes=()) -> d
     over = res.table("ood_over_training", tables.over_steps(steps))
     ood = res.table("ood", tables.by_benchmark(evals))
     shift = res.table("epistemic_word_shift", tables.word_shift(evals))
+    specific = res.table("specificity", tables.specificity(evals))
     res.figure("curves", plots.training_curves(curves, CURVES, subtitle, title))
     checkpoints = "Out-of-distribution evaluation of the checkpoints"
     res.figure(
         "ood_over_training", plots.training_curves(over, STEP_MEASURES, subtitle, checkpoints)
     )
     res.figure("word_shift", plots.word_shift(shift, subtitle))
+    res.figure("specificity", plots.specificity(specific, subtitle))
     res.figure("ood_accuracy", plots.accuracy_bars(ood, subtitle, "OOD accuracy, final"))
     lines = [f"- {line}" for line in tables.notes(ood)]
     res.notes([*notes, "Final adapters against the base model, out of distribution:", *lines])

@@ -134,3 +134,37 @@ def notes(table: pd.DataFrame, measures=("accuracy", "length", "epistemic")) -> 
                 est = stats.Estimate(row[f"Δ{m}"], row[f"Δ{m}_lo"], row[f"Δ{m}_hi"], *sizes)
                 lines.append(sentence(f"{name}, {m} minus the reference", est))
     return lines
+
+
+def specificity(evals: dict[str, pd.DataFrame], base: str = "base", top: int = 30) -> pd.DataFrame:
+    """The study's specificity check (Appendix B.4): the change in mean count per response
+    of *every* word of the responses, trained minus base, so a reader can see whether the
+    epistemic words move far more than the rest of the vocabulary.
+
+    Rows (run, word), the ``top`` largest absolute changes of each run plus every epistemic
+    word, with ``rank`` (1 = largest |change| among all words) and ``epistemic``."""
+    base_counts = word_counts(evals[base]["text"])
+    rows = {}
+    for label, samples in evals.items():
+        if label == base:
+            continue
+        counts = word_counts(samples["text"])
+        change = counts.reindex(counts.index.union(base_counts.index), fill_value=0)
+        change = change - base_counts.reindex(change.index, fill_value=0)
+        order = change.abs().sort_values(ascending=False)
+        rank = pd.Series(range(1, len(order) + 1), index=order.index)
+        keep = list(order.index[:top]) + [w for w in EPISTEMIC_WORDS if w in change.index]
+        for w in dict.fromkeys(keep):
+            rows[(label, w)] = {
+                "change": float(change[w]),
+                "rank": int(rank[w]),
+                "of_words": len(order),
+                "epistemic": w in EPISTEMIC_WORDS,
+            }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["run", "word"])
+
+
+def word_counts(texts: pd.Series) -> pd.Series:
+    """Mean count per response of each lowercase word (letters only) in ``texts``."""
+    words = texts.str.lower().str.findall(r"[a-z]+")
+    return words.explode().value_counts() / max(len(texts), 1)
