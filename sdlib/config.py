@@ -220,6 +220,11 @@ class TrainConfig:
     dtype: str = shared("dtype", "fp32")
     device: str = shared("device", "cpu")
     gradient_checkpointing: bool = doc("recompute activations in backward to save memory", False)
+    packing: bool = doc(
+        "pack each micro-batch's sequences into one row: no compute on padding, the same "
+        "loss and gradient (block-causal attention from restarting position ids)",
+        True,
+    )
     load_in_4bit: bool = doc("4-bit base weights through bitsandbytes (GPU only)", False)
     backend: str = shared("backend", "transformers")
     gen_batch: int = shared("gen_batch", 32)

@@ -264,24 +264,32 @@ def clipped_surrogate(
 # ---------------------------------------------------------------------------------------
 
 
-def _token_mean_total(values: Tensor, mask: Tensor) -> Tensor:
+def _token_sum(values: Tensor, sequence: Tensor) -> Tensor:
     return values.sum()
 
 
-def _seq_mean_token_mean_total(values: Tensor, mask: Tensor) -> Tensor:
-    return (values.sum(-1) / mask.sum(-1).clamp(min=1)).sum()
+def _sequence_means(values: Tensor, sequence: Tensor) -> Tensor:
+    """sum over sequences of each one's token-mean (``sequence``: each token's sequence)."""
+    if values.numel() == 0:
+        return values.sum()
+    n = int(sequence.max()) + 1
+    sums = values.new_zeros(n).index_add(0, sequence, values)
+    counts = torch.bincount(sequence, minlength=n).to(values)
+    return (sums / counts.clamp(min=1)).sum()
 
 
-def _seq_mean_token_sum_total(values: Tensor, mask: Tensor) -> Tensor:
-    return values.sum()
-
-
-# mode -> (numerator over a batch, what the numerator is divided by)
+# mode -> (numerator over a batch's tokens, what the numerator is divided by)
 AGGREGATIONS: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], str]] = {
-    "token-mean": (_token_mean_total, "tokens"),
-    "seq-mean-token-mean": (_seq_mean_token_mean_total, "sequences"),
-    "seq-mean-token-sum": (_seq_mean_token_sum_total, "sequences"),
+    "token-mean": (_token_sum, "tokens"),
+    "seq-mean-token-mean": (_sequence_means, "sequences"),
+    "seq-mean-token-sum": (_token_sum, "sequences"),
 }
+
+
+def _aggregation(mode: str):
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {mode!r}; choose from {sorted(AGGREGATIONS)}")
+    return AGGREGATIONS[mode]
 
 
 def loss_normalizer(mask: Tensor, mode: str = "token-mean") -> Tensor:
@@ -291,9 +299,26 @@ def loss_normalizer(mask: Tensor, mode: str = "token-mean") -> Tensor:
     For gradient accumulation compute it once on the whole batch and pass it to every
     micro-batch's ``aggregate``: the micro-batch losses then sum to the full-batch loss.
     """
-    _, unit = AGGREGATIONS[mode]
+    _, unit = _aggregation(mode)
     mask = mask.bool()
     return mask.sum() if unit == "tokens" else mask.any(-1).sum()
+
+
+def aggregate_tokens(
+    values: Tensor, sequence: Tensor, mode: str, normalizer: Tensor | float
+) -> Tensor:
+    """A per-token loss over the selected tokens of a batch, reduced to a scalar:
+
+        token-mean:          sum_i x_i / N_tokens
+        seq-mean-token-mean: sum_s (sum_{i in s} x_i / |s|) / N_sequences
+        seq-mean-token-sum:  sum_i x_i / N_sequences
+
+    ``sequence`` [N] numbers each token's sequence (any layout: padded rows or sequences
+    packed back to back), ``normalizer`` the N of the whole mini-batch when micro-batches
+    accumulate (``loss_normalizer``). Shapes: values, sequence [N] -> []."""
+    total, _ = _aggregation(mode)
+    normalizer = torch.as_tensor(normalizer, dtype=values.dtype, device=values.device)
+    return total(values, sequence) / normalizer.clamp(min=1)
 
 
 def aggregate(
@@ -302,26 +327,15 @@ def aggregate(
     mode: str = "token-mean",
     normalizer: Tensor | float | None = None,
 ) -> Tensor:
-    """Masked reduction of a per-token loss to a scalar.
-
-        token-mean:          sum_{b,t} m x / N_tokens
-        seq-mean-token-mean: sum_b (sum_t m x / sum_t m) / N_sequences
-        seq-mean-token-sum:  sum_b sum_t m x / N_sequences
-
-    N defaults to ``loss_normalizer(mask, mode)`` of this batch; pass the whole batch's N
-    when accumulating gradients over micro-batches. Masked entries are dropped with a
-    select (not multiplied by 0), so NaN or inf there cannot leak; an all-masked batch
-    gives 0. Shapes: per_token, mask [B, T] -> [].
-    """
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {mode!r}; choose from {sorted(AGGREGATIONS)}")
-    total, _ = AGGREGATIONS[mode]
+    """``aggregate_tokens`` of a padded batch: each row is a sequence, ``mask`` its loss
+    tokens. N defaults to ``loss_normalizer(mask, mode)`` of this batch. Masked entries are
+    dropped with a select (not multiplied by 0), so NaN or inf there cannot leak; an
+    all-masked batch gives 0. Shapes: per_token, mask [B, T] -> []."""
     mask = mask.bool()
     if normalizer is None:
         normalizer = loss_normalizer(mask, mode)
-    values = torch.where(mask, per_token, 0)
-    normalizer = torch.as_tensor(normalizer, dtype=values.dtype, device=values.device)
-    return total(values, mask) / normalizer.clamp(min=1)
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
+    return aggregate_tokens(per_token[mask], rows[mask], mode, normalizer)
 
 
 def select_tokens(values: Tensor, mask: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """Trainers on the smoke model: losses against the reference formula, masking, teachers,
 micro-batching, metrics and exact resumption."""
 
+import dataclasses
 import json
 import math
 import os
@@ -441,3 +442,58 @@ def test_a_long_demonstration_loses_its_start_to_fit_the_teacher_prompt(tmp_path
     assert len(tok(teacher_prompt("What is 3 + 4?", fitted))["input_ids"]) <= 60
     assert fitted.endswith("So \\boxed{7}.") and len(fitted) < len(demo)
     assert algo.fit_demonstration("What is 3 + 4?", "short \\boxed{7}") == "short \\boxed{7}"
+
+
+@pytest.mark.parametrize("algo_cls, name", [(SDPO, "sdpo"), (GRPO, "grpo")])
+def test_packed_micro_batches_equal_padded_ones_in_loss_and_gradient(tmp_path, algo_cls, name):
+    rewards = [0, 1, 1, 0, 1, 0, 0, 1]
+    padded = cfg_for(
+        tmp_path,
+        algo=name,
+        packing=False,
+        grad_clip=0.0,
+        dtype="fp64",
+        loss_agg="seq-mean-token-mean",
+        kl_coef=0.1 if name == "grpo" else 0.0,
+    )
+    packed = dataclasses.replace(padded, packing=True)
+    policy, sb = step_batch(padded, rewards)
+    ro = sb.rollouts
+    for i in range(len(ro)):  # responses of different lengths: padding to leave out
+        ro.token_ids[i], ro.logprobs[i] = ro.token_ids[i][: 2 + i % 6], ro.logprobs[i][: 2 + i % 6]
+    sb = onpolicy.make_step_batch(sb.problems, sb.users, ro, sb.rewards, 2)
+    perturb_adapter(policy.model)
+    lengths = sb.student.attention_mask.sum(1)
+    assert lengths.min() < lengths.max()
+    results = []
+    for cfg in (padded, packed):
+        policy.model.zero_grad(set_to_none=True)
+        algo = algo_cls(cfg, policy, [])
+        algo.prepare(sb)
+        rows = sb.active.nonzero().squeeze(1)
+        norm = loss_normalizer(sb.student.loss_mask[algo.counted(sb)], cfg.loss_agg)
+        loss, stats = algo.micro_loss(policy.model, sb, rows, norm)
+        loss.backward()
+        results.append((float(loss), grads(policy.model), stats))
+    (loss_a, grad_a, stats_a), (loss_b, grad_b, stats_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-10)
+    for n in grad_a:
+        assert torch.allclose(grad_a[n], grad_b[n], rtol=1e-8, atol=1e-12), n
+    for k in stats_a:
+        assert torch.allclose(stats_a[k], stats_b[k], rtol=1e-8, atol=1e-12), k
+
+
+def test_packed_sft_equals_padded(tmp_path, monkeypatch):
+    from sdlib.train import train
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"{i} + 1?", "response": "x " * (i + 1)}) + "\n"
+                             for i in range(8)))  # fmt: skip
+    rows = {}
+    for packing in (False, True):
+        cfg = cfg_for(tmp_path / str(packing), algo="sft", data=[str(pairs)], steps=2,
+                      dtype="fp64", packing=packing, micro_batch=3)  # fmt: skip
+        rows[packing] = train(cfg).read("metrics.jsonl")
+    for a, b in zip(rows[False], rows[True], strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-10)
+        assert a["train/grad_norm"] == pytest.approx(b["train/grad_norm"], rel=1e-8)

@@ -1,10 +1,12 @@
 """Pieces every trainer shares: the policy to train, its data order, packed sequences, the
 hidden states and output head the losses read, and the optimizer.
 
-A packed batch is right-padded [B, T]. ``loss_mask[b, t]`` marks positions whose *next*
-token is a response token, so ``hidden[b, t]`` predicts ``target[b, t] = input_ids[b, t+1]``.
-Student and teacher batches of the same samples select the same number of positions per
-row, in the same order, so ``select_tokens`` aligns them one to one.
+A step's batch is right-padded [B, T] (``Packed``); a micro-batch is taken from it padded
+or packed into one row (``micro``). ``loss_mask`` marks positions whose *next* token is a
+response token, so ``hidden[b, t]`` predicts ``target[b, t] = input_ids[b, t+1]``. The
+losses work on the loss tokens only, flat [N]: ``selected`` gives their hidden states and
+targets, ``at_tokens`` the step's per-position data there, ``token_sequences`` their
+sequence, so the arithmetic is the same for both layouts.
 """
 
 from __future__ import annotations
@@ -55,15 +57,23 @@ def step_items(items: list, step: int, size: int, seed: int) -> list:
 
 @dataclass
 class Packed:
+    """Prompt+response sequences as the model reads them: right-padded rows [B, T], or,
+    with ``position_ids`` set, one row [1, L] holding several sequences back to back (no
+    padding; transformers then builds the block-causal mask from the restarting position
+    ids). Either way ``select_tokens`` visits the loss tokens sequence by sequence, in the
+    same order, so a student and a teacher batch of the same samples align one to one."""
+
     input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T]
     loss_mask: torch.Tensor  # [B, T] bool: position predicts a response token
     target: torch.Tensor  # [B, T] next token
+    sequence: torch.Tensor  # [B, T] which of the batch's sequences a position belongs to
+    position_ids: torch.Tensor | None = None  # [1, L]: sequences packed in one row
 
     def _map(self, fn) -> Packed:
-        return Packed(
-            *(fn(t) for t in (self.input_ids, self.attention_mask, self.loss_mask, self.target))
-        )
+        fields = (self.input_ids, self.attention_mask, self.loss_mask, self.target, self.sequence)
+        pos = None if self.position_ids is None else fn(self.position_ids)
+        return Packed(*(fn(t) for t in fields), position_ids=pos)
 
     def to(self, device) -> Packed:
         return self._map(lambda t: t.to(device))
@@ -71,7 +81,26 @@ class Packed:
     def rows(self, idx) -> Packed:
         """The rows ``idx``, trimmed to their longest sequence (right padding)."""
         width = int(self.attention_mask[idx].sum(1).max())
-        return self._map(lambda t: t[idx, :width])
+        out = self._map(lambda t: t[idx, :width])
+        out.sequence = torch.arange(len(out.input_ids))[:, None].expand(-1, width).clone()
+        return out
+
+    def concatenated(self, idx) -> Packed:
+        """The rows ``idx`` as one row of their real tokens back to back: no padding, each
+        sequence's positions restarting at 0."""
+        real = self.attention_mask[idx].bool()  # [n, T]
+        lengths = real.sum(1)
+        pick = lambda t: t[idx][real][None]  # noqa: E731 - [1, L]
+        positions = torch.cat([torch.arange(int(n)) for n in lengths])[None]
+        order = torch.arange(len(lengths)).repeat_interleave(lengths)[None]
+        return Packed(
+            pick(self.input_ids),
+            torch.ones_like(positions),
+            pick(self.loss_mask),
+            pick(self.target),
+            order,
+            position_ids=positions,
+        )
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Packed:
@@ -86,7 +115,21 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> P
         attn[b, : len(s)] = 1
         loss[b, len(p) - 1 : len(s) - 1] = True
     target = torch.roll(ids, -1, dims=1)
-    return Packed(ids, attn, loss, target)
+    sequence = torch.arange(len(seqs))[:, None].expand(-1, width).clone()
+    return Packed(ids, attn, loss, target, sequence)
+
+
+def micro(batch: Packed, rows, cfg) -> Packed:
+    """Micro-batch ``rows`` of a step's batch as the forward takes it: packed into one row
+    (``cfg.packing``: no compute on padding) or as padded rows."""
+    return batch.concatenated(rows) if cfg.packing else batch.rows(rows)
+
+
+def at_tokens(values: torch.Tensor, batch: Packed, rows) -> torch.Tensor:
+    """A step-level per-position tensor [B, T] (pi_old, rollout weights) at the loss tokens of
+    micro-batch ``rows``, in ``select_tokens`` order: [N]."""
+    width = int(batch.attention_mask[rows].sum(1).max())
+    return select_tokens(values[rows, :width], batch.loss_mask[rows, :width])
 
 
 def unwrap(model):
@@ -97,6 +140,9 @@ def unwrap(model):
 def hidden_states(model, batch: Packed) -> torch.Tensor:
     """Final hidden states [B, T, H] of the decoder: the LM head is applied later, in chunks."""
     body = unwrap(model).get_decoder()
+    if batch.position_ids is not None:  # packed: no attention mask, positions restart
+        return body(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                    use_cache=False).last_hidden_state  # fmt: skip
     position = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     return body(
         input_ids=batch.input_ids,
@@ -110,6 +156,11 @@ def selected(model, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states and targets at the loss positions: [N, H], [N]."""
     h = hidden_states(model, batch)
     return select_tokens(h, batch.loss_mask), select_tokens(batch.target, batch.loss_mask)
+
+
+def token_sequences(batch: Packed) -> torch.Tensor:
+    """Which sequence of the micro-batch each loss token belongs to: [N]."""
+    return select_tokens(batch.sequence, batch.loss_mask)
 
 
 def output_head(model, cfg, temperature: float | None = None) -> Head:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from sdlib.losses import aggregate, clipped_surrogate, group_advantages, scatter_tokens
+from sdlib.losses import aggregate_tokens, clipped_surrogate, group_advantages
 from sdlib.models import initial_policy
 from sdlib.train import core
 from sdlib.train.onpolicy import OnPolicy, StepBatch
@@ -31,37 +31,36 @@ class GRPO(OnPolicy):
 
     def micro_loss(self, model, sb: StepBatch, rows, norm):
         cfg, device = self.cfg, norm.device
-        batch = sb.student.rows(rows).to(device)
-        mask = batch.loss_mask
-        old = sb.logp_old[rows, : mask.shape[1]].to(device)
-        h, tokens = core.selected(model, batch)
+        batch = core.micro(sb.student, rows, cfg).to(device)
+        h, tokens = core.selected(model, batch)  # [N, H], [N]
+        sequence = core.token_sequences(batch)  # [N]
         head = core.output_head(model, cfg)
         st = head.student(h, tokens, k=1, with_entropy=True)
         per_token, clip = clipped_surrogate(
-            scatter_tokens(st.token_logp, mask),
-            old,
-            sb.extra["adv"][rows].to(device),
+            st.token_logp,
+            core.at_tokens(sb.logp_old, sb.student, rows).to(device),
+            sb.extra["adv"][rows].to(device)[sequence],  # each token its sample's advantage
             cfg.eps_low,
             cfg.eps_high,
             cfg.dual_clip or None,
-            scatter_tokens(st.entropy, mask),
+            st.entropy,
             cfg.entropy_coef,
         )
         stats = {
             "train/entropy": st.entropy,
-            "train/clip_frac": clip["clip"][mask],
-            "train/clip_frac_low": clip["clip_low"][mask],
-            "train/clip_frac_high": clip["clip_high"][mask],
-            "train/ratio_mean": clip["ratio"][mask],
+            "train/clip_frac": clip["clip"],
+            "train/clip_frac_low": clip["clip_low"],
+            "train/clip_frac_high": clip["clip_high"],
+            "train/ratio_mean": clip["ratio"],
         }
         if cfg.dual_clip > 0:
-            stats["train/dual_clip_frac"] = clip["dual_clip"][mask]
+            stats["train/dual_clip_frac"] = clip["dual_clip"]
         if cfg.kl_coef > 0:
             k3 = self._kl_initial(model, batch, st, head, tokens)
-            per_token = per_token + cfg.kl_coef * scatter_tokens(k3, mask)
+            per_token = per_token + cfg.kl_coef * k3
             stats["train/kl_initial"] = k3
-        per_token = per_token * sb.rollout_weight[rows, : mask.shape[1]].to(per_token)
-        return aggregate(per_token, mask, cfg.loss_agg, norm), stats
+        per_token = per_token * core.at_tokens(sb.rollout_weight, sb.student, rows).to(per_token)
+        return aggregate_tokens(per_token, sequence, cfg.loss_agg, norm), stats
 
     def _kl_initial(self, model, batch, st, head, tokens):
         """k3 = exp(q - p) - (q - p) - 1, unbiased for KL(pi || pi_initial), always >= 0."""

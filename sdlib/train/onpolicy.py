@@ -151,10 +151,10 @@ def trainer_log_probs(model, sb: StepBatch, cfg) -> None:
     recomputed = torch.zeros_like(sb.logp_old)
     for part in core.micro_batches(len(sb.group), cfg.micro_batch):
         rows = torch.arange(len(sb.group))[part]
-        batch = sb.student.rows(rows).to(device)
-        h, tokens = core.selected(model, batch)
-        block = torch.zeros(batch.loss_mask.shape, dtype=recomputed.dtype)
-        block[batch.loss_mask.cpu()] = head.student(h, tokens, k=1).token_logp.cpu().to(block)
+        h, tokens = core.selected(model, core.micro(sb.student, rows, cfg).to(device))
+        mask = sb.student.rows(rows).loss_mask  # where those tokens sit in the step's layout
+        block = torch.zeros(mask.shape, dtype=recomputed.dtype)
+        block[mask] = head.student(h, tokens, k=1).token_logp.cpu().to(block)
         recomputed[rows, : block.shape[1]] = block
     gap = (recomputed - sb.logp_old).clamp(-20, 20)
     sb.rollout_weight = torch.where(

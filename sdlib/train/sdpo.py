@@ -18,7 +18,7 @@ import time
 import torch
 
 from sdlib.grading import extract_answer
-from sdlib.losses import aggregate, scatter_tokens, sdpo_token_loss, select_tokens
+from sdlib.losses import aggregate_tokens, sdpo_token_loss
 from sdlib.models import TEACHERS
 from sdlib.prompts import THINKING, chat, strip_thinking, teacher_prompt
 from sdlib.train import core
@@ -97,11 +97,11 @@ class SDPO(OnPolicy):
     # phase 5 ------------------------------------------------------------------------
     def micro_loss(self, model, sb: StepBatch, rows, norm):
         cfg, device = self.cfg, norm.device
-        student = sb.student.rows(rows).to(device)
-        mask = student.loss_mask
-        h, tokens = core.selected(model, student)
-        h_teacher = self.teacher_hidden(model, sb.extra["teacher"].rows(rows).to(device))
-        old = select_tokens(sb.logp_old[rows, : mask.shape[1]].to(device), mask)
+        student = core.micro(sb.student, rows, cfg).to(device)
+        h, tokens = core.selected(model, student)  # [N, H], [N]
+        teacher = core.micro(sb.extra["teacher"], rows, cfg).to(device)
+        h_teacher = self.teacher_hidden(model, teacher)  # [N, H], the same tokens
+        old = core.at_tokens(sb.logp_old, sb.student, rows).to(device)
         per_token, distilled, weight = sdpo_token_loss(
             h,
             h_teacher,
@@ -113,14 +113,12 @@ class SDPO(OnPolicy):
             alpha=cfg.alpha,
             is_clip=cfg.is_clip or None,
         )
-        per_token = per_token * select_tokens(sb.rollout_weight[rows, : mask.shape[1]], mask).to(
-            per_token
-        )
+        per_token = per_token * core.at_tokens(sb.rollout_weight, sb.student, rows).to(per_token)
         stats = {"train/divergence": distilled.divergence, "train/entropy": distilled.entropy}
         if cfg.is_clip > 0:
             stats["train/is_weight_mean"] = weight
             stats["train/is_clipped_frac"] = (weight >= cfg.is_clip).float()
-        return aggregate(scatter_tokens(per_token, mask), mask, cfg.loss_agg, norm), stats
+        return aggregate_tokens(per_token, core.token_sequences(student), cfg.loss_agg, norm), stats
 
     def teacher_hidden(self, model, batch: core.Packed) -> torch.Tensor:
         """The teacher's final hidden states at the response positions, no gradient: [N, H]."""

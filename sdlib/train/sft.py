@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from sdlib.losses import aggregate, scatter_tokens
+from sdlib.losses import aggregate_tokens
 from sdlib.prompts import THINKING, chat
 from sdlib.train import core
 from sdlib.train.dist import Dist
@@ -64,12 +64,12 @@ class SFT:
         return batch.active
 
     def micro_loss(self, model, batch: Batch, rows, norm):
-        micro = batch.student.rows(rows).to(norm.device)
+        micro = core.micro(batch.student, rows, self.cfg).to(norm.device)
         h, tokens = core.selected(model, micro)
         # teacher-forced pairs are not samples: score them at temperature 1
         st = core.output_head(model, self.cfg, temperature=1.0).student(h, tokens, k=1)
-        nll = scatter_tokens(-st.token_logp, micro.loss_mask)
-        return aggregate(nll, micro.loss_mask, self.cfg.loss_agg, norm), {}
+        sequence = core.token_sequences(micro)
+        return aggregate_tokens(-st.token_logp, sequence, self.cfg.loss_agg, norm), {}
 
     def after_step(self, model) -> None:
         pass
