@@ -251,6 +251,11 @@ class TrainConfig:
     std_normalize: bool = doc("divide GRPO advantages by the group std", False)
     entropy_coef: float = doc("entropy bonus weight", 0.0)
     kl_coef: float = doc("GRPO: weight of KL(policy || initial) per token (k3); 0 = off", 0.0)
+    track_kl: bool = doc(
+        "log train/kl_initial, how far the policy moved from its start (one extra forward "
+        "without gradient per micro-batch), for GRPO and SDPO alike",
+        True,
+    )
     # SDPO
     alpha: float = doc("generalized JSD: 0 forward KL, 1 reverse KL, 0.5 JSD", 0.5)
     topk: int = doc("student top-k tokens of the topk-* distillation losses", 100)

@@ -83,9 +83,9 @@ METRICS: dict[str, Metric] = {
         "GRPO: mean ratio pi / pi_old over forwarded tokens", (GRPO,), tokens=True
     ),
     "train/kl_initial": Metric(
-        "GRPO: mean k3 estimate of KL(pi || pi_initial) per token",
-        (GRPO,),
-        lambda c: c.kl_coef > 0,
+        "how far the policy moved: mean k3 estimate of KL(pi || pi_initial) per token",
+        ON_POLICY,
+        lambda c: c.track_kl or c.kl_coef > 0,
         tokens=True,
     ),
     "train/zero_adv_frac": Metric("GRPO: samples whose group advantage is 0", (GRPO,)),

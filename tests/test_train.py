@@ -361,7 +361,8 @@ def test_config_dependent_metrics_are_absent_not_zero(tmp_path, monkeypatch):
     from sdlib.train import train
 
     monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
-    plain = train(cfg_for(tmp_path / "a", algo="grpo", steps=1)).read("metrics.jsonl")[0]
+    plain = train(cfg_for(tmp_path / "a", algo="grpo", steps=1, track_kl=False))
+    plain = plain.read("metrics.jsonl")[0]
     assert "train/kl_initial" not in plain and "train/dual_clip_frac" not in plain
     kl = train(cfg_for(tmp_path / "b", algo="grpo", steps=1, kl_coef=0.1, dual_clip=3.0))
     row = kl.read("metrics.jsonl")[0]
@@ -497,3 +498,15 @@ def test_packed_sft_equals_padded(tmp_path, monkeypatch):
     for a, b in zip(rows[False], rows[True], strict=True):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-10)
         assert a["train/grad_norm"] == pytest.approx(b["train/grad_norm"], rel=1e-8)
+
+
+def test_both_algorithms_log_how_far_they_moved(tmp_path, monkeypatch):
+    from sdlib.train import train
+
+    monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
+    for algo in ("grpo", "sdpo"):
+        rows = train(cfg_for(tmp_path / algo, algo=algo, steps=2, lr=0.05)).read("metrics.jsonl")
+        # step 0 rolls out from the initial policy and updates once: KL starts near 0 ...
+        assert 0 <= rows[0]["train/kl_initial"] < 1e-3, algo
+        # ... and after the first update the policy has moved
+        assert rows[1]["train/kl_initial"] > rows[0]["train/kl_initial"], algo

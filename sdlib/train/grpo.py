@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 
 from sdlib.losses import aggregate_tokens, clipped_surrogate, group_advantages
-from sdlib.models import initial_policy
 from sdlib.train import core
-from sdlib.train.onpolicy import OnPolicy, StepBatch
+from sdlib.train.onpolicy import OnPolicy, StepBatch, kl_to_initial
 
 
 class GRPO(OnPolicy):
@@ -55,20 +54,13 @@ class GRPO(OnPolicy):
         }
         if cfg.dual_clip > 0:
             stats["train/dual_clip_frac"] = clip["dual_clip"]
-        if cfg.kl_coef > 0:
-            k3 = self._kl_initial(model, batch, st, head, tokens)
-            per_token = per_token + cfg.kl_coef * k3
-            stats["train/kl_initial"] = k3
+        if cfg.kl_coef > 0 or cfg.track_kl:
+            k3 = kl_to_initial(model, batch, st.token_logp, head, tokens)
+            if cfg.kl_coef > 0:
+                per_token = per_token + cfg.kl_coef * k3
+            stats["train/kl_initial"] = k3.detach()
         per_token = per_token * core.at_tokens(sb.rollout_weight, sb.student, rows).to(per_token)
         return aggregate_tokens(per_token, sequence, cfg.loss_agg, norm), stats
-
-    def _kl_initial(self, model, batch, st, head, tokens):
-        """k3 = exp(q - p) - (q - p) - 1, unbiased for KL(pi || pi_initial), always >= 0."""
-        with torch.no_grad(), initial_policy(model):
-            h_ref, _ = core.selected(model, batch)
-            ref = head.teacher(h_ref, tokens, st.topk_index).token_logp
-        d = ref - st.token_logp
-        return d.exp() - d - 1
 
     def row(self, sb: StepBatch) -> dict:
         zero = float((sb.extra["adv"] == 0).float().mean())

@@ -21,7 +21,7 @@ import torch
 from sdlib.behavior import behavior_row
 from sdlib.evaluate import within_context
 from sdlib.grading import grade_response
-from sdlib.models import local_folder
+from sdlib.models import initial_policy, local_folder
 from sdlib.problems import Problem
 from sdlib.prompts import THINKING, chat, student_prompt
 from sdlib.rollout import Rollouts, Sampling, TransformersBackend, VLLMBackend
@@ -161,6 +161,18 @@ def trainer_log_probs(model, sb: StepBatch, cfg) -> None:
         sb.student.loss_mask, gap.exp().clamp(max=cfg.rollout_is_clip), 1
     )
     sb.logp_old = recomputed
+
+
+def kl_to_initial(model, batch: core.Packed, token_logp, head, tokens) -> torch.Tensor:
+    """How far the policy has moved, per loss token: the k3 estimate of KL(pi || pi_0),
+    exp(q - p) - (q - p) - 1 with p, q the token's log-prob under pi (``token_logp``,
+    gradients flow through it) and under the initial policy (the LoRA adapter off, no
+    gradient) on the same student prompt; unbiased and >= 0: [N]."""
+    with torch.no_grad(), initial_policy(model):
+        h_ref, _ = core.selected(model, batch)
+        ref = head.teacher(h_ref, tokens, tokens[:, None]).token_logp
+    d = ref - token_logp
+    return d.exp() - d - 1
 
 
 # The registry ``TrainConfig.rollout_is`` chooses from.

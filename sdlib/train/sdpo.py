@@ -22,7 +22,7 @@ from sdlib.losses import aggregate_tokens, sdpo_token_loss
 from sdlib.models import TEACHERS
 from sdlib.prompts import THINKING, chat, strip_thinking, teacher_prompt
 from sdlib.train import core
-from sdlib.train.onpolicy import OnPolicy, StepBatch
+from sdlib.train.onpolicy import OnPolicy, StepBatch, kl_to_initial
 
 
 def choose_demonstrations(rewards, group, threshold: float, exclude_self: bool) -> list[int | None]:
@@ -115,6 +115,10 @@ class SDPO(OnPolicy):
         )
         per_token = per_token * core.at_tokens(sb.rollout_weight, sb.student, rows).to(per_token)
         stats = {"train/divergence": distilled.divergence, "train/entropy": distilled.entropy}
+        if cfg.track_kl:
+            stats["train/kl_initial"] = kl_to_initial(
+                model, student, distilled.token_logp, core.output_head(model, cfg), tokens
+            )
         if cfg.is_clip > 0:
             stats["train/is_weight_mean"] = weight
             stats["train/is_clipped_frac"] = (weight >= cfg.is_clip).float()
