@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder (default: runs/<preset>/<time>); a rerun on the same folder resumes",
     )
     run.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the rollouts, tokens and GPU-hours the run would take, and stop",
+    )
+    run.add_argument(
+        "--mean-response",
+        type=float,
+        default=None,
+        help="with --plan: mean response length in tokens (default: every response at its cap)",
+    )
+    run.add_argument(
         "-p",
         nargs=2,
         action="append",
@@ -96,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             import yaml
 
-            from sdlib.runner import run
+            from sdlib.runner import plan, run
 
             overrides = {k: yaml.safe_load(v) for k, v in args.p}
-            run(args.notebooks, args.preset, args.out, overrides)
+            if args.plan:
+                plan(args.notebooks, args.preset, overrides, args.mean_response)
+            else:
+                run(args.notebooks, args.preset, args.out, overrides)
     except cfgmod.ConfigError as err:
         print(f"sdlib: {err}", file=sys.stderr)
         return 2

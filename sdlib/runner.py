@@ -112,6 +112,32 @@ def run(
     return root
 
 
+def plan(names: list[str], preset: str, overrides: dict | None = None, mean_response=None):
+    """Print what running ``names`` at ``preset`` costs (``sdlib.plan``); run nothing."""
+    from sdlib import plan as cost
+    from sdlib.datasets import load_benchmarks
+
+    names, rows = resolve(names), {}
+    device, peak = cost.device_peak()
+    for name in names:
+        values = notebook_params(name, preset, Path("plan"), overrides or {})
+        cfg = cfgmod.from_dict(cfgmod.EXPERIMENTS[name], values)
+        sets = load_benchmarks(cfg.eval_data, cfg.eval_limit)
+        c = cost.notebook_cost(name, cfg, sum(map(len, sets.values())), mean_response)
+        rows[name] = {"rollouts": c.rollouts, "generated tokens": c.generated,
+                      "trained tokens": c.trained,
+                      "GPU-hours": c.hours(cost.model_params(cfg.model), peak)}  # fmt: skip
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.loc["total"] = table.sum()
+    length = f"{mean_response:g}-token responses" if mean_response else "every response at its cap"
+    print(
+        f"[sdlib run --plan] preset {preset}, {length}; {device}, generation at "
+        f"{cost.GEN_UTILISATION:.0%} and training at {cost.TRAIN_UTILISATION:.0%} of peak"
+    )
+    print(table.to_markdown(floatfmt=",.0f"))
+    return table
+
+
 def _clock(start: float) -> str:
     seconds = int(time.perf_counter() - start)
     return f"{seconds // 60} min {seconds % 60:02d} s"

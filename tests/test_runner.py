@@ -195,3 +195,16 @@ def test_experiment_evaluations_render_the_few_shot_turn(tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             evaluation.evaluate_policy(cfg, "base", load_benchmarks(["synthetic:addition:1:2"]))
         assert (FEW_SHOT[1] in seen[-1]) is few_shot
+
+
+def test_plan_counts_what_a_run_samples_and_trains(capsys):
+    from sdlib.runner import plan
+
+    table = plan(["03"], preset="smoke")
+    # smoke 03: GRPO and SDPO, 2 steps x 2 problems x 4 rollouts each; base and each final
+    # adapter evaluated on 3 problems x 2 samples (checkpoints every 5 steps: the final only)
+    row = table.loc["03_sdpo_vs_grpo"]
+    assert row["rollouts"] == 6 + 2 * (2 * 2 * 4 + 6)
+    assert row["generated tokens"] == row["rollouts"] * 8  # every response at its cap
+    assert row["trained tokens"] == 2 * 2 * 2 * 4 * 8
+    assert "GPU-hours" in capsys.readouterr().out

@@ -24,7 +24,7 @@ LAYERS = [
     ("sdlib.evaluate", "sdlib.plots"),
     ("sdlib.train",),
     ("sdlib.experiments",),
-    ("sdlib.runner", "sdlib.cli"),
+    ("sdlib.plan", "sdlib.runner", "sdlib.cli"),
 ]  # fmt: skip
 
 
