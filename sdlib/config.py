@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdlib.prompts import THINKING
-from sdlib.schema import ConfigError, doc, from_dict, load, parse_override, save
+from sdlib.schema import ConfigError, doc, from_dict, load, parse_override, read_yaml, save
 from sdlib.settings import DEFAULT_MODEL
 
-__all__ = ["ConfigError", "doc", "from_dict", "load", "parse_override", "save"]
+__all__ = ["ConfigError", "doc", "from_dict", "load", "parse_override", "read_yaml", "save"]
 
 # Fields several schemas share: each documented once, here; ``shared(name, default)``.
 SHARED_HELP = {

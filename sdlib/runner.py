@@ -22,7 +22,6 @@ from html import escape
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from sdlib import config as cfgmod
 from sdlib.runfolder import RunFolder, write_atomic
@@ -56,12 +55,29 @@ def presets() -> list[str]:
     return sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir())
 
 
+def preset_values(name: str, preset: str) -> dict:
+    """The YAML values of notebook ``name`` at ``preset``. A preset folder may hold
+    ``_preset.yaml`` with ``extends: <preset>`` and ``set: {...}``: the other preset's values
+    with these on top (then the folder's own ``<name>.yaml``, if any)."""
+    folder = PARAMS_DIR / preset
+    if not folder.is_dir():
+        raise cfgmod.ConfigError(f"no preset {preset!r}; presets: {presets()}")
+    values, own = {}, folder / f"{name}.yaml"
+    if (folder / "_preset.yaml").exists():
+        spec = cfgmod.read_yaml((folder / "_preset.yaml").read_text(), str(folder / "_preset.yaml"))
+        values = preset_values(name, spec["extends"])
+        values.update({k: v for k, v in (spec.get("set") or {}).items()
+                       if k in cfgmod.EXPERIMENTS[name].__dataclass_fields__})  # fmt: skip
+    elif not own.exists():
+        raise cfgmod.ConfigError(f"preset {preset!r} has no {own.name}; presets: {presets()}")
+    if own.exists():
+        values.update(cfgmod.read_yaml(own.read_text(), str(own)) or {})
+    return values
+
+
 def notebook_params(name: str, preset: str, root: Path, overrides: dict) -> dict:
     """The preset's parameters for ``name`` with overrides, checked by its schema."""
-    path = PARAMS_DIR / preset / f"{name}.yaml"
-    if not path.exists():
-        raise cfgmod.ConfigError(f"preset {preset!r} has no {path.name}; presets: {presets()}")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = preset_values(name, preset)
     schema = cfgmod.EXPERIMENTS[name]
     fields = {f for f in schema.__dataclass_fields__}
     values.update({k: v for k, v in overrides.items() if k in fields})
@@ -69,7 +85,7 @@ def notebook_params(name: str, preset: str, root: Path, overrides: dict) -> dict
     try:
         cfgmod.from_dict(schema, values)
     except cfgmod.ConfigError as err:
-        raise cfgmod.ConfigError(f"{name} ({path}): {err}") from None
+        raise cfgmod.ConfigError(f"{name} (preset {preset}): {err}") from None
     return values
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from sdlib import config as cfgmod
-from sdlib.runner import NOTEBOOK_DIR, NOTEBOOKS, PARAMS_DIR
+from sdlib.runner import NOTEBOOK_DIR, NOTEBOOKS, PARAMS_DIR, notebook_params, preset_values
 
 PRESETS = sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir())
 
@@ -50,9 +50,17 @@ def test_notebooks_are_thin_and_cleared(name):
 
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_every_preset_validates(preset, name):
-    values = yaml.safe_load((PARAMS_DIR / preset / f"{name}.yaml").read_text()) or {}
-    cfgmod.from_dict(cfgmod.EXPERIMENTS[name], values)
+def test_every_preset_validates(preset, name, tmp_path):
+    notebook_params(name, preset, tmp_path, {})  # raises ConfigError naming the value
+
+
+def test_a_preset_can_extend_another():
+    base = preset_values("05_task_coverage", "paper")
+    thinking = preset_values("05_task_coverage", "paper-qwen3-8b-thinking")
+    assert thinking["thinking"] == "on" and base["thinking"] == "off"
+    assert {k: v for k, v in thinking.items() if k not in ("thinking", "eval_temperature",
+            "eval_top_p")} == {k: v for k, v in base.items() if k not in ("thinking",
+            "eval_temperature", "eval_top_p")}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", sorted(PARAMS_DIR.glob("*/train_*.yaml")))
