@@ -438,8 +438,22 @@ class CoverageConfig(ExperimentConfig):
         [],
     )
 
+    narrow_train: list[str] = doc(
+        "narrow-coverage training sets, each trained on with every algo (the study's "
+        "chemistry row: chemistry_train)",
+        [],
+    )
+    narrow_test: list[str] = doc(
+        "their in-domain test sets, one per narrow_train set (chemistry)", []
+    )
+
     def validate(self) -> None:
         super().validate()
+        if len(self.narrow_train) != len(self.narrow_test):
+            raise ConfigError(
+                f"narrow_train = {self.narrow_train} and narrow_test = {self.narrow_test} "
+                f"must pair up: one test set per training set"
+            )
         if self.subsets and len(self.subsets) != len(self.sizes):
             raise ConfigError(
                 f"subsets = {self.subsets} names {len(self.subsets)} sets for the "

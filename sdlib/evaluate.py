@@ -32,7 +32,7 @@ from sdlib.grading import extract_answer, grade_response
 from sdlib.metrics import check_row
 from sdlib.problems import Problem
 from sdlib.progress import tqdm
-from sdlib.prompts import chat, student_prompt
+from sdlib.prompts import chat, student_turn, system_of
 from sdlib.rollout import Sampling
 from sdlib.runfolder import RunFolder, append_jsonl, read_jsonl, rewrite_jsonl
 
@@ -65,8 +65,8 @@ def render(
     few_shot: bool = False,
 ) -> list[str]:
     """Chat-templated student prompts (or ``prompt_fn``'s user turns) for ``problems``."""
-    make = prompt_fn or (lambda p: student_prompt(p.question))
-    return [chat(tokenizer, make(p), thinking, few_shot) for p in problems]
+    make = prompt_fn or student_turn
+    return [chat(tokenizer, make(p), thinking, few_shot, system_of(p)) for p in problems]
 
 
 def within_context(problems, texts, tokenizer, max_new_tokens: int, context: int | None, where):

@@ -203,6 +203,9 @@ REFERENCE = Layout(
 SCIKNOWEVAL = Layout(
     question="prompt", answer="answer", id="idx", meta=("kind", "system"), choices="ABCD"
 )
+# SciKnowEval's own instruction (its prompts end with it), which sdlib's prompts restore in
+# place of the study's boxed-answer one: the set answers in <answer> tags (its system message)
+SCIKNOWEVAL_INSTRUCTION = "Please reason step by step."
 JSONL = Layout(
     question="question",
     answer="answer",
@@ -617,6 +620,8 @@ def load_sciknoweval(path: str | Path, name: str | None = None) -> ProblemSet:
     unit = "row" if array else "line"
     loaded = parse_rows(rows, path.parent.name, SCIKNOWEVAL, origin=str(path), unit=unit)
     loaded.name = name or f"{path.parent.name}-{path.stem}"
+    for p in loaded.problems:
+        p.meta["instruction"] = SCIKNOWEVAL_INSTRUCTION
     return loaded
 
 

@@ -89,25 +89,40 @@ def strip_thinking(text: str) -> str:
     return text.strip()
 
 
-def chat_messages(user: str, few_shot: bool = False) -> list[dict]:
-    """One user turn as chat messages, after the ``FEW_SHOT`` exchange when ``few_shot``
-    (tiny preset; the paper uses none)."""
+def student_turn(problem) -> str:
+    """A problem's student user turn: its question and the study's instruction, or the
+    instruction its problem set brings (SciKnowEval: "Please reason step by step.", its
+    answer format then in the set's system message, ``meta["system"]``)."""
+    return f"{problem.question}\n{problem.meta.get('instruction', STUDENT_SUFFIX)}"
+
+
+def system_of(problem) -> str | None:
+    """The system message a problem's set asks for, if any (the reference files: none)."""
+    return problem.meta.get("system")
+
+
+def chat_messages(user: str, few_shot: bool = False, system: str | None = None) -> list[dict]:
+    """One user turn as chat messages: after ``system`` when given, and after the
+    ``FEW_SHOT`` exchange when ``few_shot`` (tiny preset; the paper uses none)."""
     shot = [
         {"role": "user", "content": student_prompt(FEW_SHOT[0])},
         {"role": "assistant", "content": FEW_SHOT[1]},
     ]
-    return [*(shot if few_shot else []), {"role": "user", "content": user}]
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, *(shot if few_shot else []), {"role": "user", "content": user}]
 
 
-def chat(tokenizer, user: str, thinking: bool | None = None, few_shot: bool = False) -> str:
+def chat(
+    tokenizer, user: str, thinking: bool | None = None, few_shot: bool = False, system=None
+) -> str:
     """Render one user turn with the model's chat template, ready for the assistant's reply.
 
     ``thinking`` is passed to templates that have a switch (Qwen3 ``enable_thinking``);
-    ``None`` leaves the template's default. ``few_shot``: see ``chat_messages``. Returns
-    text; tokenise it without adding special tokens again.
+    ``None`` leaves the template's default. ``few_shot``, ``system``: see
+    ``chat_messages``. Returns text; tokenise it without adding special tokens again.
     """
     kwargs = {} if thinking is None else {"enable_thinking": thinking}
-    messages = chat_messages(user, few_shot)
+    messages = chat_messages(user, few_shot, system)
     if getattr(tokenizer, "chat_template", None) is None:
         return "".join(f"{m['content']}\n" for m in messages)
     return tokenizer.apply_chat_template(

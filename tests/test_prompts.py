@@ -72,3 +72,21 @@ def test_a_solution_without_a_thinking_block_is_left_as_it_is():
     # the reference strips only <think> blocks: nothing else of a demonstration goes
     text = "First add 2 and 2.\nThat gives 4.\nThe answer is \\boxed{4}.\nDone."
     assert strip_thinking(text) == text
+
+
+def test_chemistry_keeps_its_own_instruction_and_system_message(shared_data):
+    from sdlib.datasets import load_problems
+    from sdlib.grading import grade_response
+    from sdlib.prompts import chat_messages, student_turn, system_of
+
+    p = load_problems("chemistry")[0]
+    turn = student_turn(p)
+    assert turn.endswith("\nPlease reason step by step.") and "boxed" not in turn
+    assert "<answer>" in system_of(p)
+    messages = chat_messages(turn, system=system_of(p))
+    assert [m["role"] for m in messages] == ["system", "user"]
+    right = f"<reasoning>x</reasoning>\n<answer>\n{p.answer}\n</answer>"
+    assert grade_response(right, p.answer).correct
+    assert not grade_response(
+        right.replace(p.answer, "D" if p.answer != "D" else "A"), p.answer
+    ).correct

@@ -33,7 +33,7 @@ from sdlib.datasets import pooled
 from sdlib.experiments import tables
 from sdlib.experiments.evaluation import evaluate_policy
 from sdlib.experiments.results import Results
-from sdlib.prompts import hint_prompt, strip_thinking, student_prompt
+from sdlib.prompts import hint_prompt, strip_thinking, student_turn
 from sdlib.rollout import Sampling
 
 NAME = "01_context_richness"
@@ -45,7 +45,7 @@ class NoProblemsInBand(RuntimeError):
 
 
 def ask(p) -> str:
-    return student_prompt(p.question)
+    return student_turn(p)
 
 
 def first_correct(samples: pd.DataFrame, correct_only: bool = True) -> dict[str, str]:

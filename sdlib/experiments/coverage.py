@@ -100,8 +100,40 @@ def run(cfg: CoverageConfig) -> Results:
         ),
     )
     lines = [f"- {line}" for line in tables.notes(ood)]
+    narrow = narrow_rows(cfg, benchmarks, base) if cfg.narrow_train else None
+    if narrow is not None:
+        res.table("narrow", narrow)
+        lines += [
+            "Narrow-coverage runs, in domain and out of it, against the base model:",
+            *(f"- {line}" for line in tables.notes(narrow)),
+        ]
     res.notes(["Final adapters against the base model, per evaluation set:", *lines])
     return res
+
+
+def narrow_rows(cfg: CoverageConfig, benchmarks: dict, base) -> pd.DataFrame:
+    """The study's cross-domain row: each algo trained on a narrow set (a few templated
+    question types), evaluated in domain on its test set and out of domain on
+    ``eval_data``, each paired with the base model on the same problems."""
+    frames = []
+    for train_set, test_set in zip(cfg.narrow_train, cfg.narrow_test, strict=True):
+        domain = load_benchmarks([test_set], cfg.eval_limit)
+        evals = {"base": pd.concat([evaluate_seeds(cfg, "base", domain), base])}
+        for algo in cfg.algos:
+            extra = cfg.sdpo if algo == "sdpo" else cfg.grpo
+            trained = training.train_seeds(
+                cfg, training.configs(cfg, algo, [train_set], cfg.train, extra)
+            )
+            label = f"{algo.upper()} on {train_set}"
+            adapters = [t.adapter for t in trained]
+            evals[label] = pd.concat(
+                [
+                    evaluate_seeds(cfg, label, domain, adapters),
+                    evaluate_seeds(cfg, label, benchmarks, adapters),
+                ]
+            )
+        frames.append(tables.by_benchmark(evals))
+    return pd.concat(frames)
 
 
 def coverage_table(ood: pd.DataFrame, scores: dict, benchmark: str) -> pd.DataFrame:

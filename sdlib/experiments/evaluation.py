@@ -12,7 +12,7 @@ from sdlib.evaluate import EvalResult, evaluate
 from sdlib.experiments import cache
 from sdlib.models import load_policy, load_tokenizer, local_folder, model_limits
 from sdlib.problems import Problem
-from sdlib.prompts import THINKING, student_prompt
+from sdlib.prompts import THINKING, student_turn
 from sdlib.rollout import Sampling, TransformersBackend, VLLMBackend
 
 
@@ -59,7 +59,7 @@ def evaluate_policy(
     keyed by the adapter's bytes, not its path, so a moved run folder finds its work."""
     k = k or cfg.eval_k
     sampling = sampling or eval_sampling(cfg, seed)
-    prompt_fn = prompt_fn or (lambda p: student_prompt(p.question))
+    prompt_fn = prompt_fn or student_turn
     identity = {
         "model": cfg.model,
         "dtype": cfg.dtype,

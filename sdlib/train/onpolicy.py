@@ -23,7 +23,7 @@ from sdlib.evaluate import within_context
 from sdlib.grading import grade_response
 from sdlib.models import initial_policy, local_folder
 from sdlib.problems import Problem
-from sdlib.prompts import THINKING, chat, student_prompt
+from sdlib.prompts import THINKING, chat, student_turn, system_of
 from sdlib.rollout import Rollouts, Sampling, TransformersBackend, VLLMBackend
 from sdlib.train import core
 from sdlib.train.dist import Dist
@@ -46,8 +46,11 @@ def rollout_phase(policy, backend, problems, cfg, step, keys=None) -> StepBatch:
     """Phases 2-3: sample, grade, pack. ``keys``: the problems' positions in the step
     (they seed the samples; see ``TransformersBackend.generate``)."""
     tok = policy.tokenizer
-    users = [student_prompt(p.question) for p in problems]
-    texts = [chat(tok, u, THINKING[cfg.thinking], cfg.few_shot) for u in users]
+    users = [student_turn(p) for p in problems]
+    texts = [
+        chat(tok, u, THINKING[cfg.thinking], cfg.few_shot, system_of(p))
+        for u, p in zip(users, problems, strict=True)
+    ]
     sampling = Sampling(
         cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=core.step_seed(cfg.seed, step)
     )
@@ -122,7 +125,7 @@ def fitting(problems: list[Problem], policy, cfg) -> list[Problem]:
     tok = policy.tokenizer
     context = getattr(policy.model.config, "max_position_embeddings", None)
     texts = [
-        chat(tok, student_prompt(p.question), THINKING[cfg.thinking], cfg.few_shot)
+        chat(tok, student_turn(p), THINKING[cfg.thinking], cfg.few_shot, system_of(p))
         for p in problems
     ]
     kept = [

@@ -20,7 +20,7 @@ import torch
 from sdlib.grading import extract_answer
 from sdlib.losses import aggregate_tokens, sdpo_token_loss
 from sdlib.models import TEACHERS
-from sdlib.prompts import THINKING, chat, strip_thinking, teacher_prompt
+from sdlib.prompts import THINKING, chat, strip_thinking, system_of, teacher_prompt
 from sdlib.train import core
 from sdlib.train.onpolicy import OnPolicy, StepBatch, kl_to_initial
 
@@ -71,7 +71,8 @@ class SDPO(OnPolicy):
             else:
                 turn = None
             active.append(turn is not None)
-            text = chat(self.tok, turn or user, THINKING[cfg.thinking], cfg.few_shot)
+            system = system_of(sb.problems[ro.prompt_index[i]])
+            text = chat(self.tok, turn or user, THINKING[cfg.thinking], cfg.few_shot, system)
             prompts.append(self.tok(text, add_special_tokens=False)["input_ids"])
         sb.active = torch.tensor(active)
         sb.extra["teacher"] = core.pack(prompts, ro.token_ids, self.tok.pad_token_id)
