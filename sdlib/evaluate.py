@@ -63,10 +63,12 @@ def render(
     prompt_fn: Callable[[Problem], str] | None = None,
     thinking: bool | None = None,
     few_shot: bool = False,
+    prefill: str = "",
 ) -> list[str]:
-    """Chat-templated student prompts (or ``prompt_fn``'s user turns) for ``problems``."""
+    """Chat-templated student prompts (or ``prompt_fn``'s user turns) for ``problems``, with
+    ``prefill`` already written as the start of the assistant's reply."""
     make = prompt_fn or student_turn
-    return [chat(tokenizer, make(p), thinking, few_shot, system_of(p)) for p in problems]
+    return [chat(tokenizer, make(p), thinking, few_shot, system_of(p)) + prefill for p in problems]
 
 
 def within_context(problems, texts, tokenizer, max_new_tokens: int, context: int | None, where):
@@ -93,14 +95,17 @@ def sample_records(
     tokenizer,
     benchmark: str | list[str],
     extra: dict | None = None,
+    prefill: str = "",
 ) -> list[dict]:
     """Grade and measure each sample of ``rollouts`` (which answer ``problems`` in order).
 
-    ``benchmark`` names them all, or each problem (a list aligned with ``problems``)."""
+    ``benchmark`` names them all, or each problem (a list aligned with ``problems``). A
+    response is ``prefill`` + what was generated (lengths count the generated tokens)."""
     names = [benchmark] * len(problems) if isinstance(benchmark, str) else benchmark
     rows = []
     seen = Counter()
-    for i, text in enumerate(rollouts.text):
+    for i, generated in enumerate(rollouts.text):
+        text = prefill + generated
         problem = problems[rollouts.prompt_index[i]]
         grade = grade_response(text, problem.answer)
         rows.append(
@@ -144,11 +149,13 @@ def evaluate(
     few_shot: bool = False,
     progress: bool = True,
     context: int | None = None,
+    prefill: str = "",
 ) -> EvalResult:
     """Sample ``k`` responses per problem of each benchmark and summarise them.
 
     Problems whose k samples are already in ``out_dir`` are skipped (resume); problems
-    whose prompt leaves no room for the answer in ``context`` tokens are reported, skipped."""
+    whose prompt leaves no room for the answer in ``context`` tokens are reported, skipped.
+    ``prefill`` starts every reply (a forced mode, e.g. a direct answer: ``"x ="``)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     folder = None if out_dir is None else RunFolder(out_dir)
@@ -157,7 +164,7 @@ def evaluate(
         rows = [] if path is None else _complete(read_jsonl(path), k, path)
         counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)
         todo = [(n, p) for n, ps in benchmarks.items() for p in ps if counts[(n, p.id)] < k]
-        texts = render([p for _, p in todo], tokenizer, prompt_fn, thinking, few_shot)
+        texts = render([p for _, p in todo], tokenizer, prompt_fn, thinking, few_shot, prefill)
         keep = within_context(
             [p for _, p in todo], texts, tokenizer, sampling.max_new_tokens, context, "evaluate"
         )
@@ -172,7 +179,8 @@ def evaluate(
                 sampling=sampling,
                 keys=[problem_key(n, p.id) for n, p in batch],
             )
-            new = sample_records(problems, rollouts, tokenizer, [n for n, _ in batch])
+            names = [n for n, _ in batch]
+            new = sample_records(problems, rollouts, tokenizer, names, prefill=prefill)
             if path is not None:
                 append_jsonl(path, new)
             rows += new

@@ -221,3 +221,19 @@ def test_a_prompt_longer_than_the_context_is_a_skipped_row_not_a_hang():
                        context=100)  # fmt: skip
     assert sorted(res.samples["problem_id"].unique()) == ["p0", "p1", "p2"]
     assert [p.split("\n")[0] for call in backend.calls for p in call] == ["Q0", "Q1", "Q2"]
+
+
+def test_a_prefill_starts_every_reply_and_counts_in_its_grade():
+    seen = []
+
+    class Prefilled(ScriptedBackend):
+        def generate(self, prompts, n, sampling, keys=None):
+            seen.extend(prompts)
+            return super().generate([p.removesuffix("x =") for p in prompts], n, sampling, keys)
+
+    answers = {f"Q{i}": [f" {i} . \\\\boxed{{{i}}}"] * 2 for i in range(3)}
+    res = evaluate(Prefilled(answers), PlainTok(), {"s": problems(3)}, k=2, sampling=Sampling(8),
+                   progress=False, prefill="x =")  # fmt: skip
+    assert all(p.endswith("x =") for p in seen)
+    assert res.samples["text"].str.startswith("x = ").all() and res.samples["correct"].all()
+    assert (res.samples["len_tokens"] == 3).all()  # the generated tokens only

@@ -54,6 +54,7 @@ def evaluate_policy(
     sampling: Sampling | None = None,
     prompt_fn=None,
     seed: int = 0,
+    prefill: str = "",
 ) -> EvalResult:
     """Evaluate (or resume, or find finished) the base policy or ``adapter``; the folder is
     keyed by the adapter's bytes, not its path, so a moved run folder finds its work."""
@@ -68,6 +69,7 @@ def evaluate_policy(
         "sampling": dataclasses.asdict(sampling),
         "thinking": cfg.thinking,
         "few_shot": cfg.few_shot,
+        "prefill": prefill,
         "problems": {n: [(p.id, prompt_fn(p)) for p in ps] for n, ps in benchmarks.items()},
     }
     return evaluate(
@@ -81,6 +83,7 @@ def evaluate_policy(
         thinking=THINKING[cfg.thinking],
         few_shot=cfg.few_shot,
         context=model_limits(cfg.model)[1],
+        prefill=prefill,
     )
 
 
