@@ -367,6 +367,31 @@ def check_train_overrides(name: str, values: dict) -> None:
 
 
 @dataclass
+class OrganismExperimentConfig(ExperimentConfig):
+    """Notebook 00: the model organism and its premise (checking pays in it)."""
+
+    model: str = shared("model", "organism")
+    eval_data: list[str] = doc(
+        "held-out problems the premise is measured on",
+        ["organism:affine:heldout", "organism:bracket:heldout"],
+    )
+    modes: list[str] = doc(
+        "how a reply starts: free (the model picks its mode), search (opened with <think>), "
+        "direct (opened with 'x =', the confident mode: no check)",
+        ["free", "search", "direct"],
+    )
+    examples: int = doc("corpus documents shown per kind", 1)
+
+    def validate(self) -> None:
+        super().validate()
+        if not set(self.modes) <= {"free", "search", "direct"} or "direct" not in self.modes:
+            raise ConfigError(
+                f"modes = {self.modes!r}; expected free, search and direct (direct is the "
+                f"reference every other mode is compared with)"
+            )
+
+
+@dataclass
 class ContextConfig(ExperimentConfig):
     """Notebook 01: how rich context changes score, length and epistemic words (Sec. 3)."""
 
@@ -464,6 +489,7 @@ class CoverageConfig(ExperimentConfig):
 
 
 EXPERIMENTS = {
+    "00_model_organism": OrganismExperimentConfig,
     "01_context_richness": ContextConfig,
     "02_sft_guided_vs_unguided": SFTExperimentConfig,
     "03_sdpo_vs_grpo": OnPolicyConfig,

@@ -160,11 +160,15 @@ def load_problems(spec: str | Path) -> ProblemSet:
     - a short name in ``LOCAL_SETS``, read under ``data_root()`` (``aime24``, ``seen_64``,
       ``chemistry``);
     - a short name in ``HUB_DATASETS`` (``dapo``) or a Hub id ``owner/name``;
-    - ``synthetic:<family|mix|a+b>[:<level|1-3>][:<count>][:<seed>]``.
+    - ``synthetic:<family|mix|a+b>[:<level|1-3>][:<count>][:<seed>]``;
+    - ``organism:<family|all>:<train|heldout>[:<count>][:<variant>]``: the model
+      organism's problems (``sdlib.organism``), e.g. ``organism:affine:heldout:100``.
     """
     text = str(spec)
     if text.startswith("synthetic:"):
         return _load_synthetic(text)
+    if text.startswith("organism:"):
+        return _load_organism(text)
     path = Path(text).expanduser()
     if path.is_dir():
         raise ValueError(f"{spec!r} is a folder; expected one data file. {_ACCEPTED}")
@@ -208,6 +212,26 @@ def _load_synthetic(spec: str) -> ProblemSet:
     except ValueError as err:
         raise ValueError(f"{spec!r}: level, count and seed must be integers ({err})") from err
     problems = synthetic.generate_mix(families, levels, count, seed)
+    return ProblemSet(spec, problems)
+
+
+def _load_organism(spec: str) -> ProblemSet:
+    from sdlib.organism.build import splits
+    from sdlib.organism.config import variant
+
+    parts = spec.split(":")[1:]
+    form = "organism:<family|all>:<train|heldout>[:<count>][:<variant>]"
+    if not 2 <= len(parts) <= 4 or parts[1] not in ("train", "heldout"):
+        raise ValueError(f"{spec!r}: expected {form}")
+    family, split = parts[0], parts[1]
+    cfg = variant(parts[3] if len(parts) > 3 else "organism")
+    sets = splits(cfg)
+    names = list(sets) if family == "all" else [family]
+    if not set(names) <= set(sets):
+        raise ValueError(f"{spec!r}: no family {family!r}; the organism has {sorted(sets)}")
+    problems = [p for n in names for p in sets[n][split]]
+    if len(parts) > 2 and parts[2]:
+        problems = problems[: int(parts[2])]
     return ProblemSet(spec, problems)
 
 

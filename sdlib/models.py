@@ -139,6 +139,10 @@ def local_folder(spec: str) -> str:
     """The folder holding ``spec``'s weights (converting or locating them as needed)."""
     if spec.startswith("bundled:"):
         return str(bundled_folder(spec.removeprefix("bundled:")))
+    if spec == "organism" or spec.startswith("organism:"):
+        from sdlib.organism.build import build  # built on first use (minutes), then cached
+
+        return str(build(spec))
     if Path(spec).expanduser().is_dir():
         return str(Path(spec).expanduser())
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):

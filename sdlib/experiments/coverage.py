@@ -38,15 +38,14 @@ def training_sets(cfg: CoverageConfig, folder: Path) -> dict[int, str]:
             f"sizes = {cfg.sizes} need {max(cfg.sizes)} distinct problems but "
             f"data = {cfg.data} holds {len(pool)}; enlarge the pool or cut sizes"
         )
-    return {
-        size: str(
-            save_jsonl(
-                coverage_subset(pool, size, seed=cfg.seeds[0]),
-                folder / "subsets" / f"D{size}.jsonl",
-            )
-        )
-        for size in cfg.sizes
-    }
+    sets = {}
+    for size in cfg.sizes:
+        if size == len(pool) and len(cfg.data) == 1:
+            sets[size] = cfg.data[0]  # the whole pool: the very runs of notebook 03
+        else:
+            subset = coverage_subset(pool, size, seed=cfg.seeds[0])
+            sets[size] = str(save_jsonl(subset, folder / "subsets" / f"D{size}.jsonl"))
+    return sets
 
 
 def train_score(trained) -> stats.Estimate:
