@@ -58,22 +58,24 @@ def step_items(items: list, step: int, size: int, seed: int) -> list:
 @dataclass
 class Packed:
     """Prompt+response sequences as the model reads them: right-padded rows [B, T], or,
-    with ``position_ids`` set, one row [1, L] holding several sequences back to back (no
-    padding; transformers then builds the block-causal mask from the restarting position
-    ids). Either way ``select_tokens`` visits the loss tokens sequence by sequence, in the
-    same order, so a student and a teacher batch of the same samples align one to one."""
+    with ``position_ids`` set, packed rows holding several sequences back to back
+    (transformers then builds the block-causal mask from the restarting position ids).
+    Either way ``tokens`` gives the loss tokens sequence by sequence, in the same order, so
+    a student and a teacher batch of the same samples align one to one."""
 
     input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T]
     loss_mask: torch.Tensor  # [B, T] bool: position predicts a response token
     target: torch.Tensor  # [B, T] next token
     sequence: torch.Tensor  # [B, T] which of the batch's sequences a position belongs to
-    position_ids: torch.Tensor | None = None  # [1, L]: sequences packed in one row
+    position_ids: torch.Tensor | None = None  # [R, L]: packed rows, positions restarting
+    order: torch.Tensor | None = None  # [N]: packed loss tokens -> the sequences' order
 
     def _map(self, fn) -> Packed:
         fields = (self.input_ids, self.attention_mask, self.loss_mask, self.target, self.sequence)
         pos = None if self.position_ids is None else fn(self.position_ids)
-        return Packed(*(fn(t) for t in fields), position_ids=pos)
+        order = None if self.order is None else fn(self.order)
+        return Packed(*(fn(t) for t in fields), position_ids=pos, order=order)
 
     def to(self, device) -> Packed:
         return self._map(lambda t: t.to(device))
@@ -85,21 +87,49 @@ class Packed:
         out.sequence = torch.arange(len(out.input_ids))[:, None].expand(-1, width).clone()
         return out
 
-    def concatenated(self, idx) -> Packed:
-        """The rows ``idx`` as one row of their real tokens back to back: no padding, each
-        sequence's positions restarting at 0."""
+    def packed_rows(self, idx) -> Packed:
+        """The rows ``idx`` packed into as few rows as fit, none longer than the longest
+        sequence (first-fit decreasing): no compute on padding, and attention stays
+        row-sized (one row of everything would make it quadratic in the whole batch).
+        Positions restart at 0 for every sequence, so transformers gives each its own
+        causal block; ``order`` brings the loss tokens back into the order of ``idx``."""
         real = self.attention_mask[idx].bool()  # [n, T]
-        lengths = real.sum(1)
-        pick = lambda t: t[idx][real][None]  # noqa: E731 - [1, L]
-        positions = torch.cat([torch.arange(int(n)) for n in lengths])[None]
-        order = torch.arange(len(lengths)).repeat_interleave(lengths)[None]
+        lengths = real.sum(1).tolist()
+        rows, room = [], []  # sequences of each packed row, and its free places
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            fit = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+            if fit is None:  # a new row
+                fit = len(rows)
+                rows.append([])
+                room.append(max(lengths))
+            rows[fit].append(i)
+            room[fit] -= lengths[i]
+        return self._pack_rows(idx, rows, lengths, max(lengths))
+
+    def _pack_rows(self, idx, rows: list[list[int]], lengths: list[int], width: int) -> Packed:
+        fields = (self.input_ids[idx], self.loss_mask[idx], self.target[idx])
+        out = [torch.zeros((len(rows), width), dtype=t.dtype) for t in fields]
+        sequence = torch.full((len(rows), width), -1, dtype=torch.long)
+        position = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, members in enumerate(rows):
+            at = 0
+            for i in members:
+                n = lengths[i]
+                for src, dst in zip(fields, out, strict=True):
+                    dst[r, at : at + n] = src[i, :n]
+                sequence[r, at : at + n], position[r, at : at + n] = i, torch.arange(n)
+                at += n
+            position[r, at:] = torch.arange(width - at)  # the padding: a segment of its own
+        ids, loss, target = out
+        picked = select_tokens(sequence * width + position, loss)  # (sequence, place) keys
         return Packed(
-            pick(self.input_ids),
-            torch.ones_like(positions),
-            pick(self.loss_mask),
-            pick(self.target),
-            order,
-            position_ids=positions,
+            ids,
+            torch.ones_like(ids),
+            loss,
+            target,
+            sequence,
+            position_ids=position,
+            order=picked.argsort(),
         )
 
 
@@ -120,9 +150,9 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> P
 
 
 def micro(batch: Packed, rows, cfg) -> Packed:
-    """Micro-batch ``rows`` of a step's batch as the forward takes it: packed into one row
-    (``cfg.packing``: no compute on padding) or as padded rows."""
-    return batch.concatenated(rows) if cfg.packing else batch.rows(rows)
+    """Micro-batch ``rows`` of a step's batch as the forward takes it: packed rows
+    (``cfg.packing``: no compute on padding) or padded rows."""
+    return batch.packed_rows(rows) if cfg.packing else batch.rows(rows)
 
 
 def at_tokens(values: torch.Tensor, batch: Packed, rows) -> torch.Tensor:
@@ -140,9 +170,10 @@ def unwrap(model):
 def hidden_states(model, batch: Packed) -> torch.Tensor:
     """Final hidden states [B, T, H] of the decoder: the LM head is applied later, in chunks."""
     body = unwrap(model).get_decoder()
-    if batch.position_ids is not None:  # packed: no attention mask, positions restart
-        return body(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                    use_cache=False).last_hidden_state  # fmt: skip
+    if batch.position_ids is not None:  # packed rows: no attention mask, positions restart
+        return body(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+        ).last_hidden_state
     position = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     return body(
         input_ids=batch.input_ids,
@@ -152,15 +183,20 @@ def hidden_states(model, batch: Packed) -> torch.Tensor:
     ).last_hidden_state
 
 
+def tokens(batch: Packed, values: torch.Tensor) -> torch.Tensor:
+    """``values`` [B, T, ...] at the loss positions, sequence by sequence: [N, ...]."""
+    picked = select_tokens(values, batch.loss_mask)
+    return picked if batch.order is None else picked[batch.order]
+
+
 def selected(model, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states and targets at the loss positions: [N, H], [N]."""
-    h = hidden_states(model, batch)
-    return select_tokens(h, batch.loss_mask), select_tokens(batch.target, batch.loss_mask)
+    return tokens(batch, hidden_states(model, batch)), tokens(batch, batch.target)
 
 
 def token_sequences(batch: Packed) -> torch.Tensor:
     """Which sequence of the micro-batch each loss token belongs to: [N]."""
-    return select_tokens(batch.sequence, batch.loss_mask)
+    return tokens(batch, batch.sequence)
 
 
 def output_head(model, cfg, temperature: float | None = None) -> Head:
