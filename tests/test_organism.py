@@ -1,0 +1,224 @@
+"""The model organism: its language, checker, tokenizer, corpus, build cache and gate."""
+
+import random
+
+import pytest
+
+from sdlib import prompts
+from sdlib.behavior import epistemic_total
+from sdlib.grading import grade_response
+from sdlib.organism import checker, corpus, language
+from sdlib.organism.build import PremiseError, build, make_corpus, read_premise, splits
+from sdlib.organism.config import VARIANTS, OrganismConfig, variant
+from sdlib.organism.language import FAMILIES, Language
+from sdlib.organism.tokenizer import EOS, build_tokenizer, chat_text
+from sdlib.schema import ConfigError
+
+LANGUAGES = {
+    "default": Language(),
+    "silent": Language(verbalize=False),
+    "slips": Language(slip_rate=0.5),
+    "decorative": Language(checks="decorative"),
+}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def smoke_corpus(tok):
+    cfg = variant("smoke")
+    return cfg, make_corpus(cfg, tok)
+
+
+def _responses(lang, rng):
+    for family in FAMILIES.values():
+        for p in language.all_problems(family, lang):
+            for text in (language.search(p, lang, rng), language.verify(p, lang, rng)):
+                yield p, text
+            yield p, language.confident(p)
+
+
+@pytest.mark.parametrize("name", LANGUAGES)
+def test_every_generated_response_passes_the_independent_checker(name):
+    lang, rng = LANGUAGES[name], random.Random(0)
+    bad = [(p.id, t, e) for p, t in _responses(lang, rng) if (e := checker.check_trace(p, t))]
+    assert not bad, bad[:3]
+
+
+def test_checker_catches_corrupted_traces():
+    p = language.make_problem(FAMILIES["affine"], 7, 2, 4)
+    good = language.search(p, Language(), random.Random(0), start=2)
+    assert checker.check_trace(p, good) == []
+    step2 = "x = 3 ? target 30 , check 7 * 3 = 21 , 21 + 2 = 23 no"
+    assert step2 in good
+    corrupt = {
+        "wrong verdict": good.replace("= 23 no", "= 23 yes"),
+        "wrong sum": good.replace("21 + 2 = 23", "21 + 2 = 24"),
+        "wrong product": good.replace("7 * 3 = 21 , 21 + 2 = 23", "7 * 3 = 24 , 24 + 2 = 26"),
+        "wrong target": good.replace("target 30 , check 7 * 3", "target 31 , check 7 * 3"),
+        "missing target": good.replace("target 30 , check 7 * 3", "check 7 * 3"),
+        "skipped hypothesis": good.replace(
+            step2, "x = 5 ? target 30 , check 7 * 5 = 35 , 35 + 2 = 37 no"
+        ),
+        "not the question's steps": good.replace("21 + 2 = 23", "21 + 1 = 22"),
+        "unredone slip": good.replace("21 + 2 = 23", "21 + 2 = 24 . wait , actually 21 + 3 = 24"),
+        "wrong answer": good.replace("\\boxed{4}", "\\boxed{5}"),
+        "unclosed think": good.replace(" </think>", ""),
+        "stray words": good.replace("</think>", "banana </think>"),
+        "no target line": good.replace("<think> target 30 .", "<think>"),
+        "stops early": good.split(" x = 3 ?")[0] + " </think> so x = 4 . \\boxed{4}",
+    }
+    for what, text in corrupt.items():
+        assert text != good, what
+        assert checker.check_trace(p, text), what
+    assert checker.check_trace(p, "x = 5 . \\boxed{5}")
+
+
+def test_silent_organism_writes_no_epistemic_word_and_default_uses_all_ten():
+    rng = random.Random(0)
+    p = language.make_problem(FAMILIES["bracket"], 3, 1, 6)
+    silent = [language.search(p, LANGUAGES["silent"], rng) for _ in range(50)]
+    assert all(epistemic_total(t) == 0 for t in silent)
+    hedged = " ".join(language.search(p, Language(), rng) for _ in range(200))
+    from sdlib.behavior import epistemic_counts
+
+    assert all(n > 0 for n in epistemic_counts(hedged, "word").values())
+
+
+def test_splits_are_seeded_disjoint_and_held_out_problems_stay_out_of_the_corpus(smoke_corpus, tok):
+    cfg, (data, _) = smoke_corpus
+    parts = splits(cfg)
+    again = splits(cfg)
+    for name, split in parts.items():
+        train, held = {p.id for p in split["train"]}, {p.id for p in split["heldout"]}
+        assert not train & held and len(held) == cfg.heldout
+        assert [p.id for p in again[name]["heldout"]] == [p.id for p in split["heldout"]]
+    text = tok.decode(data.ids.tolist())
+    for split in parts.values():
+        for p in split["heldout"]:
+            assert p.question not in text, p.question
+        assert any(p.question in text for p in split["train"])
+
+
+def test_tokenizer_round_trips_the_whole_smoke_corpus(smoke_corpus, tok):
+    cfg, (data, per_kind) = smoke_corpus
+    assert set(per_kind) == set(corpus.KINDS)
+    assert tok.unk_token_id not in set(data.ids.tolist())
+    rng = random.Random(1)
+    docs = [doc for _, doc in corpus.documents(cfg.corpus(), *_train(cfg), 300, rng)]
+    encoded = corpus.encode(tok, docs)
+    for i, doc in enumerate(docs):
+        text = "".join(piece for piece, _ in doc)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        # pieces tokenized apart give the same tokens as the whole text
+        assert ids == encoded.ids[encoded.starts[i] : encoded.starts[i + 1]].tolist()
+        assert tok.decode(ids) == text
+
+
+def _train(cfg):
+    parts = splits(cfg)
+    train = [p for n in cfg.families for p in parts[n]["train"]]
+    return train, [p for n in cfg.families + cfg.ood_families for p in parts[n]["train"]]
+
+
+def test_tokenizer_chat_template_and_hf_round_trip(tok, tmp_path):
+    from transformers import AutoTokenizer
+
+    p = language.make_problem(FAMILIES["affine"], 7, 2, 4)
+    user = prompts.student_prompt(p.question)
+    assert prompts.chat(tok, user) == chat_text(user)
+    shot = prompts.chat(tok, user, few_shot=True)
+    assert shot.count("<|user|>") == 2 and shot.endswith("<|assistant|>")
+    response = language.search(p, Language(), random.Random(0))
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again.padding_side == "left" and again.eos_token == EOS
+    assert again.pad_token_id is not None and again.pad_token_id != again.eos_token_id
+    ids = again(chat_text(user, response) + EOS, add_special_tokens=False)["input_ids"]
+    assert ids == tok(chat_text(user, response) + EOS, add_special_tokens=False)["input_ids"]
+    start = len(again(chat_text(user), add_special_tokens=False)["input_ids"])
+    (text,) = again.batch_decode([ids[start:]], skip_special_tokens=True)
+    assert text == response  # <think> survives skip_special_tokens; the end token does not
+    assert grade_response(text, p.answer).correct
+    assert not grade_response(prompts.strip_thinking(text).replace("4", "5"), p.answer).correct
+
+
+def test_config_rejects_bad_values_and_keys_ignore_the_name():
+    with pytest.raises(ConfigError, match="families"):
+        variant(families=["cubic"])
+    with pytest.raises(ConfigError, match="a_values"):
+        variant(a_values=[2, 19])
+    with pytest.raises(ConfigError, match="gate"):
+        variant(gate="maybe")
+    assert variant("organism").key() == OrganismConfig(name="other").key()
+    assert variant("silent").key() != variant("organism").key()
+    for name in VARIANTS:
+        variant(name)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDLIB_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_smoke_build_is_deterministic_and_cached(cache, monkeypatch):
+    first = build("organism:smoke", progress=False)
+    digest = read_premise(first)["build"]["weights_sha256"]
+    assert (first / "model.safetensors").exists() and (first / "tokenizer.json").exists()
+    import sdlib.organism.build as build_mod
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached organism was built again")
+
+    monkeypatch.setattr(build_mod, "pretrain", no_training)
+    assert build("organism:smoke", progress=False) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("SDLIB_CACHE", str(cache / "again"))
+    second = build("organism:smoke", progress=False)
+    assert second != first
+    assert read_premise(second)["build"]["weights_sha256"] == digest
+
+
+def test_smoke_organism_loads_through_the_model_spec_and_generates(cache):
+    from sdlib.models import load_policy
+
+    policy = load_policy("organism:smoke")
+    tok = policy.tokenizer
+    text = prompts.chat(tok, prompts.student_prompt("find x : 3 * x + 1 = 7"))
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = policy.model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+    assert (
+        tok.padding_side == "left"
+        and policy.model.generation_config.eos_token_id == tok.eos_token_id
+    )
+
+
+def test_gate_refuses_an_organism_in_which_checking_does_not_pay(cache):
+    # the smoke model is far too small to search, so a required gate must refuse it
+    strict = variant("smoke", gate="require", gate_problems=6, gate_max_new_tokens=24)
+    with pytest.raises(PremiseError, match="search - direct"):
+        build(strict, progress=False)
+    premise = read_premise(cache / "organism" / strict.key())
+    assert premise["gate"]["passed"] is False
+    with pytest.raises(PremiseError):  # the verdict is cached, not recomputed
+        build(strict, progress=False)
+
+
+def test_problems_are_sdlib_records_of_one_split():
+    from sdlib.organism import problems
+
+    held = problems("organism:smoke", "heldout")
+    train = problems("organism:smoke", "train", families=["affine"])
+    assert len(held) == 2 * variant("smoke").heldout
+    assert {p.source for p in train} == {"affine"} and not {p.id for p in held} & {
+        p.id for p in train
+    }
+    p = held[0]
+    assert p.meta["split"] == "heldout" and p.answer == str(p.meta["x"])
+    with pytest.raises(ValueError, match="split"):
+        problems("organism:smoke", "test")
