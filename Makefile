@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 # The CPU wheel of torch on machines without CUDA; GPU machines keep the torch they have.
 CPU_TORCH ?= torch==2.13.0
-PRESET  ?= tiny
+PRESET  ?= organism
 # torch's OpenMP threads spin while they wait; on a shared 2-core machine that costs 7-10x
 export OMP_WAIT_POLICY ?= PASSIVE
 
@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/loss_memory.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/step.py
+	$(BIN)/python bench/decode_threads.py
 
 # sdlib against TRL (the dev/bench extra installs trl 1.16.0): ~25 min on 2 cores
 bench-trl: setup

@@ -13,8 +13,10 @@ starts at 1 whatever the rollout temperature (the paper's 1.0, the tiny preset's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,35 @@ _CACHE_KW = (
     if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
     else ("past_key_values")
 )
+
+
+# Below this hidden size a decode step's matrix products are too small to split across
+# threads: with OMP_WAIT_POLICY=PASSIVE (sdlib's default) each op wakes the sleeping pool,
+# and one thread decodes the organism (hidden 128) 1.8x faster than two
+# (bench/decode_threads.py); spinning threads (ACTIVE) do not pay that cost.
+SMALL_HIDDEN = 256
+
+
+def decode_threads(model) -> int:
+    """Intra-op threads for decoding ``model``: 1 for a small model on CPU with passive
+    OpenMP threads, else torch's count."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    if on_cpu and passive and hidden is not None and hidden <= SMALL_HIDDEN:
+        return 1
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """torch's intra-op thread count set to ``n`` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -119,13 +150,18 @@ class TransformersBackend:
     """Batched decoding with the model's KV cache, on whatever device the model sits.
 
     ``batch_size`` rows are decoded together; prompts are sorted by length first so that a
-    batch holds prompts of similar length and little padding.
+    batch holds prompts of similar length and little padding. Decoding runs with
+    ``n_threads`` intra-op threads (default ``decode_threads(model)``: a fixed function of
+    the model and its device, so a resumed run decodes as the original did).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, progress: bool = True):
+    def __init__(
+        self, model, tokenizer, batch_size: int = 32, progress: bool = True, n_threads=None
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size = batch_size
         self.progress = progress
+        self.n_threads = n_threads or decode_threads(model)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.stop_ids = sorted({*eos, tokenizer.eos_token_id} - {None})
@@ -157,12 +193,13 @@ class TransformersBackend:
         was_training = self.model.training
         self.model.eval()
         try:
-            for lo in range(0, len(order), self.batch_size):
-                chunk = order[lo : lo + self.batch_size]
-                gens = [torch.Generator(self.model.device).manual_seed(seeds[r]) for r in chunk]
-                outs = self._decode([rows[r][1] for r in chunk], sampling, gens)
-                results.update(zip(chunk, outs, strict=True))
-                bar.update(len(chunk))
+            with threads(self.n_threads):
+                for lo in range(0, len(order), self.batch_size):
+                    chunk = order[lo : lo + self.batch_size]
+                    gens = [torch.Generator(self.model.device).manual_seed(seeds[r]) for r in chunk]
+                    outs = self._decode([rows[r][1] for r in chunk], sampling, gens)
+                    results.update(zip(chunk, outs, strict=True))
+                    bar.update(len(chunk))
         finally:
             bar.close()
             self.model.train(was_training)

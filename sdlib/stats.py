@@ -138,6 +138,23 @@ def across_seeds(values, n_boot: int = N_BOOT, seed: int = 0, level: float = LEV
     return _estimate([x], n_boot, seed, level)
 
 
+def ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Estimate:
+    """``sum(num) / sum(den)`` over units (e.g. checks right / checks written, one unit per
+    response) and its percentile-bootstrap interval over units drawn with replacement."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if num.shape != den.shape or num.ndim != 1 or len(num) == 0:
+        raise ValueError(f"expected two equal 1-d arrays, got {num.shape} and {den.shape}")
+    rng, reps = np.random.default_rng(seed), []
+    for start in range(0, n_boot, CHUNK):
+        idx = rng.integers(len(num), size=(min(CHUNK, n_boot - start), len(num)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps.append(num[idx].sum(axis=1) / den[idx].sum(axis=1))
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(np.concatenate(reps), [tail, 100 - tail])
+    value = num.sum() / den.sum() if den.sum() else float("nan")
+    return Estimate(float(value), float(low), float(high), 1, len(num), int(den.sum()))
+
+
 def pretty(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A table for reading: each ``name``/``name_lo``/``name_hi`` triple as one column
     ``name [95% CI]`` holding ``v [lo, hi]``."""

@@ -28,12 +28,12 @@ def parameters(name) -> dict:
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_parameters_cell_is_the_schema_at_the_tiny_preset(name):
+def test_parameters_cell_is_the_schema_at_the_organism_preset(name):
     schema = cfgmod.EXPERIMENTS[name]
     params = parameters(name)
     assert set(params) == set(schema.__dataclass_fields__)
-    tiny = yaml.safe_load((PARAMS_DIR / "tiny" / f"{name}.yaml").read_text())
-    expected = vars(cfgmod.from_dict(schema, tiny))
+    preset = yaml.safe_load((PARAMS_DIR / "organism" / f"{name}.yaml").read_text())
+    expected = vars(cfgmod.from_dict(schema, preset))
     assert params == expected
 
 

@@ -7,6 +7,7 @@ from sdlib.rollout import (
     Sampling,
     TransformersBackend,
     VLLMBackend,
+    decode_threads,
     row_seed,
     sample_next,
 )
@@ -79,6 +80,30 @@ def test_sampled_tokens_do_not_depend_on_batching_order_or_split(tiny):
         p[2:], 2, s, keys=[2]
     )
     assert alone.token_ids == many.token_ids[4:]
+
+
+def test_small_models_decode_on_one_thread_only_with_passive_openmp(tiny, monkeypatch):
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert tiny.model.config.hidden_size <= 256 and decode_threads(tiny.model) == 1
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert decode_threads(tiny.model) == 2
+    monkeypatch.setattr(tiny.model.config, "hidden_size", 4096)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert decode_threads(tiny.model) == 2
+
+
+def test_decoding_on_one_thread_restores_the_count_and_keeps_greedy_tokens(tiny):
+    torch.set_num_threads(2)
+    s = Sampling(max_new_tokens=6, temperature=0.0)
+    seen = []
+    one = TransformersBackend(tiny.model, tiny.tokenizer, progress=False, n_threads=1)
+    real = one._decode
+    one._decode = lambda *a: seen.append(torch.get_num_threads()) or real(*a)
+    a = one.generate(prompts(tiny.tokenizer), sampling=s)
+    b = TransformersBackend(tiny.model, tiny.tokenizer, progress=False, n_threads=2)
+    assert seen == [1] and torch.get_num_threads() == 2
+    assert a.token_ids == b.generate(prompts(tiny.tokenizer), sampling=s).token_ids
 
 
 def test_stop_and_length_finish_reasons(tiny):

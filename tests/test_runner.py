@@ -16,6 +16,11 @@ from sdlib.runner import NOTEBOOKS, NotebookFailed, run
 from sdlib.settings import REPO_ROOT
 
 EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
+    "00_model_organism": {
+        "premise": ["accuracy", "accuracy_lo", "accuracy_hi", "length", "epistemic"],
+        "build": ["parameters", "tokens"],
+        "checks": ["checks", "verdict right", "verdict right_lo"],
+    },
     "01_context_richness": {
         "table1": ["accuracy", "accuracy_lo", "accuracy_hi", "length", "epistemic", "problems"],
         "selection": ["screen_accuracy", "D_ug pairs", "D_sg pairs"],
@@ -42,6 +47,7 @@ EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
     },
 }
 FIGURES = {
+    "00_model_organism": ["premise", "length", "epistemic"],
     "01_context_richness": ["conditions"],
     "02_sft_guided_vs_unguided": ["accuracy", "sft_loss"],
     "03_sdpo_vs_grpo": ["curves", "ood_over_training", "word_shift", "specificity", "ood_accuracy"],

@@ -91,3 +91,23 @@ def test_pretty_puts_each_value_beside_its_interval():
     shown = stats.pretty(frame)
     assert list(shown.columns) == ["accuracy [95% CI]", "n"]
     assert shown.iloc[0, 0] == "0.500 [0.400, 0.600]"
+
+
+def test_ratio_is_a_ratio_of_sums_with_a_bootstrap_over_units():
+    num = np.array([3.0, 0.0, 2.0, 5.0, 1.0])
+    den = np.array([4.0, 2.0, 2.0, 5.0, 3.0])
+    est = stats.ratio(num, den, n_boot=500, seed=3)
+    assert est.value == pytest.approx(11 / 16)
+    # the same units drawn by a plain loop, float64
+    rng = np.random.default_rng(3)
+    reps = []
+    for _ in range(2):  # CHUNK = 250 replicates per draw
+        idx = rng.integers(5, size=(250, 5))
+        reps += [num[i].sum() / den[i].sum() for i in idx]
+    assert (est.low, est.high) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])))
+    assert est.low < est.value < est.high
+
+
+def test_ratio_rejects_mismatched_units():
+    with pytest.raises(ValueError, match="equal 1-d"):
+        stats.ratio([1, 2], [1, 2, 3])

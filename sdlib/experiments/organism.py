@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdlib import plots
+from sdlib import plots, stats
 from sdlib.config import OrganismExperimentConfig
 from sdlib.datasets import load_benchmarks
 from sdlib.experiments import tables
@@ -73,7 +73,8 @@ def examples(spec: str, per_kind: int) -> list[str]:
 
 
 def checks_table(samples: pd.DataFrame, problems: dict) -> pd.DataFrame:
-    """Over the checks the model wrote: how often its value, target and verdict are right."""
+    """Over the checks the model wrote: how often its value, target and verdict are right,
+    each share with its 95% interval over responses (bootstrap of a ratio of sums)."""
     rows = {}
     for bench, part in samples.groupby("benchmark", sort=False):
         counts = pd.DataFrame(
@@ -81,15 +82,13 @@ def checks_table(samples: pd.DataFrame, problems: dict) -> pd.DataFrame:
                 checker.step_stats(problems[bench][pid], text)
                 for pid, text in zip(part["problem_id"], part["text"], strict=True)
             ]
-        ).sum()
-        n = max(int(counts["steps"]), 1)
-        rows[bench] = {
-            "checks": int(counts["steps"]),
-            "checks per response": counts["steps"] / len(part),
-            "value right": counts["values_right"] / n,
-            "target right": counts["targets_right"] / n,
-            "verdict right": counts["verdicts_right"] / n,
-        }
+        )
+        row = {"responses": len(part), "checks": int(counts["steps"].sum())}
+        row["checks per response"] = row["checks"] / len(part)
+        for key, name in (("values", "value"), ("targets", "target"), ("verdicts", "verdict")):
+            share = stats.ratio(counts[f"{key}_right"], counts["steps"])
+            row |= share.columns(f"{name} right")
+        rows[bench] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("benchmark")
 
 

@@ -1,0 +1,72 @@
+"""Decoding with one intra-op thread against torch's default, per model size (CPU).
+
+    python bench/decode_threads.py [--model organism] [--rollouts 64] [--max-new-tokens 256]
+
+Under OMP_WAIT_POLICY=PASSIVE (sdlib's default) every op wakes the thread pool; a small
+model's per-token ops are too short to repay it. Prints seconds per generate call with 1
+thread and with torch's count, the ratio, and which one ``decode_threads`` picks. Run it
+as ``make bench`` does (OMP_WAIT_POLICY=PASSIVE exported): this script loads torch before
+sdlib could set the policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from sdlib import prompts
+from sdlib.datasets import pooled
+from sdlib.models import LoraSpec, load_policy
+from sdlib.rollout import Sampling, TransformersBackend, decode_threads
+
+
+def seconds(backend, texts, sampling, repeats: int) -> float:
+    backend.generate(texts[:2], n=2, sampling=sampling)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        backend.generate(texts, n=8, sampling=sampling)
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", nargs="+", default=["organism", "bundled:smollm2-135m-instruct"])
+    ap.add_argument("--data", default="organism:all:train:8")
+    ap.add_argument("--rollouts", type=int, default=64, help="per generate call (8 per prompt)")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    problems = pooled([args.data])[: args.rollouts // 8]
+    default = torch.get_num_threads()
+    wait = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"torch {torch.__version__}, OMP_WAIT_POLICY {wait}, default threads {default}")
+    print("| model | hidden | 1 thread s | default s | default / 1 | decode_threads picks |")
+    print("|---|---|---|---|---|---|")
+    for spec in args.model:
+        policy = load_policy(spec, lora=LoraSpec())
+        tok = policy.tokenizer
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": prompts.student_prompt(p.question)}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for p in problems
+        ]
+        sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0)
+        times = {}
+        for n in (1, default):
+            backend = TransformersBackend(policy.model, tok, 256, progress=False, n_threads=n)
+            times[n] = seconds(backend, texts, sampling, args.repeats)
+        hidden = policy.model.config.hidden_size
+        print(
+            f"| {spec} | {hidden} | {times[1]:.2f} | {times[default]:.2f} | "
+            f"{times[default] / times[1]:.2f}x | {decode_threads(policy.model)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
