@@ -8,6 +8,7 @@ import sys
 import typing
 
 from sdlib import config as cfgmod
+from sdlib.settings import REPO_ROOT
 
 
 def add_schema_args(parser: argparse.ArgumentParser, cls, skip: set[str] = frozenset()) -> None:
@@ -61,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         "notebooks",
         nargs="*",
         default=["all"],
-        help="notebook names or unique prefixes (01 ... 05), or all (default)",
+        help="notebook names or unique prefixes (00 ... 05), or all (default)",
     )
-    run.add_argument("--preset", default="tiny", help="params/<preset>/: smoke, tiny or paper")
+    names = sorted(p.name for p in (REPO_ROOT / "params").iterdir() if p.is_dir())
+    run.add_argument("--preset", default="organism", help=f"params/<preset>/: {', '.join(names)}")
     run.add_argument(
         "--out",
         default="",

@@ -221,8 +221,9 @@ class TrainConfig:
     device: str = shared("device", "cpu")
     gradient_checkpointing: bool = doc("recompute activations in backward to save memory", False)
     packing: bool = doc(
-        "pack each micro-batch's sequences into one row: no compute on padding, the same "
-        "loss and gradient (block-causal attention from restarting position ids)",
+        "pack each micro-batch's sequences into rows no longer than its longest (first-fit "
+        "decreasing): no compute on padding, the same loss and gradient (block-causal "
+        "attention from restarting position ids)",
         True,
     )
     load_in_4bit: bool = doc("4-bit base weights through bitsandbytes (GPU only)", False)

@@ -9,12 +9,15 @@
 
 Parameters come from ``params/<preset>/<name>.yaml``, then ``-p key value`` overrides, and
 are validated by the notebook's schema before anything runs. A rerun on the same folder
-skips finished notebooks and resumes the rest.
+skips the notebooks that finished with the same parameters (``<name>.done`` records them),
+reruns those whose parameters changed, and resumes the rest; training and evaluation runs
+that did not change are found on disk either way.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sys
 import time
@@ -89,8 +92,17 @@ def notebook_params(name: str, preset: str, root: Path, overrides: dict) -> dict
     return values
 
 
+def finished_params(done: Path) -> dict | None:
+    """The parameters a notebook finished with (``None``: it has not finished, or its
+    record is unreadable, so it runs again)."""
+    try:
+        return json.loads(done.read_text())["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run(
-    names: list[str], preset: str = "tiny", out: str = "", overrides: dict | None = None
+    names: list[str], preset: str = "organism", out: str = "", overrides: dict | None = None
 ) -> Path:
     """Execute the notebooks ``names`` (or all) at ``preset`` into ``out``; returns it."""
     names, overrides = resolve(names), overrides or {}
@@ -105,9 +117,12 @@ def run(
         started = time.perf_counter()
         for i, name in enumerate(names, 1):
             done = root / "notebooks" / f"{name}.done"
-            if done.exists():
+            before = finished_params(done)
+            if before == params[name]:
                 print(f"[sdlib run] {i}/{len(names)} {name}: finished earlier, skipped")
                 continue
+            if before is not None:
+                print(f"[sdlib run] {i}/{len(names)} {name}: parameters changed since it finished")
             print(
                 f"[sdlib run] {i}/{len(names)} {name}: running (cells and the bars inside "
                 f"them follow; ETA per notebook on the Executing bar)",
@@ -115,7 +130,8 @@ def run(
             )
             start = time.perf_counter()
             execute(name, root, params[name])
-            done.write_text(f"{time.perf_counter() - start:.1f} s\n")
+            record = {"seconds": round(time.perf_counter() - start, 1), "params": params[name]}
+            write_atomic(done, json.dumps(record, indent=1) + "\n")
             print(
                 f"[sdlib run] {i}/{len(names)} {name}: done in {_clock(start)} "
                 f"(run so far {_clock(started)})",

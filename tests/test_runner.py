@@ -1,5 +1,6 @@
 """All five notebooks at the smoke preset through papermill, as CI runs them."""
 
+import json
 import math
 import socket
 import subprocess
@@ -19,7 +20,7 @@ EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
     "00_model_organism": {
         "premise": ["accuracy", "accuracy_lo", "accuracy_hi", "length", "epistemic"],
         "build": ["parameters", "tokens"],
-        "checks": ["checks", "verdict right", "verdict right_lo"],
+        "checks": ["responses", "checks"],
     },
     "01_context_richness": {
         "table1": ["accuracy", "accuracy_lo", "accuracy_hi", "length", "epistemic", "problems"],
@@ -36,6 +37,7 @@ EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
         "training_curves": ["rollout/reward_mean", "rollout/len_tokens"],
         "ood_over_training": ["accuracy", "length"],
         "specificity": ["change", "rank"],
+        "sdpo_vs_grpo": ["accuracy", "accuracy_lo", "length", "epistemic"],
     },
     "04_fixed_vs_moving_teacher": {
         "ood": ["accuracy", "length", "epistemic"],
@@ -103,6 +105,17 @@ def test_rerun_resumes_finished_notebooks(smoke_run, capsys):
     run(["all"], preset="smoke", out=str(root))
     assert capsys.readouterr().out.count("finished earlier, skipped") == len(NOTEBOOKS)
     assert time.perf_counter() - start < first / 4
+
+
+def test_a_finished_notebook_reruns_when_its_parameters_change(smoke_run, capsys):
+    root, _ = smoke_run
+    run(["01"], preset="smoke", out=str(root), overrides={"samples": 3})
+    out = capsys.readouterr().out
+    assert "parameters changed since it finished" in out and "skipped" not in out
+    record = json.loads((root / "notebooks" / "01_context_richness.done").read_text())
+    assert record["params"]["samples"] == 3
+    run(["01"], preset="smoke", out=str(root), overrides={"samples": 3})
+    assert "finished earlier, skipped" in capsys.readouterr().out
 
 
 def test_shared_runs_are_computed_once(smoke_run):

@@ -69,5 +69,10 @@ def run(cfg: OnPolicyConfig) -> Results:
         runs["SDPO w/o thinking"] = training.configs(
             cfg, "sdpo", cfg.data, cfg.train, cfg.sdpo, {"strip_demo_thinking": True}
         )
-    compare(cfg, res, runs, "SDPO vs GRPO during training")
+    evals = compare(cfg, res, runs, "SDPO vs GRPO during training")
+    # the study's comparison itself: each SDPO run against GRPO on the same samples
+    finals = {label: evals[label] for label in ("GRPO", *(k for k in runs if k != "GRPO"))}
+    versus = res.table("sdpo_vs_grpo", tables.by_benchmark(finals, base="GRPO"))
+    lines = [f"- {line}" for line in tables.notes(versus)]
+    res.notes([res.text.rstrip("\n"), "", "Each SDPO run against GRPO, final adapters:", *lines])
     return res

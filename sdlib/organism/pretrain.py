@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sdlib.organism.corpus import Encoded
+from sdlib.progress import tqdm
 
 POOL = 64  # batches per length-sorting pool: little padding, varied neighbours
 IGNORE = -100
