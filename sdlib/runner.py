@@ -79,17 +79,20 @@ def preset_values(name: str, preset: str) -> dict:
 
 
 def notebook_params(name: str, preset: str, root: Path, overrides: dict) -> dict:
-    """The preset's parameters for ``name`` with overrides, checked by its schema."""
+    """The preset's parameters for ``name`` with overrides, checked by its schema, with the
+    schema's defaults filled in."""
     values = preset_values(name, preset)
     schema = cfgmod.EXPERIMENTS[name]
     fields = {f for f in schema.__dataclass_fields__}
     values.update({k: v for k, v in overrides.items() if k in fields})
     values.update(out=str(root), preset=preset)
     try:
-        cfgmod.from_dict(schema, values)
+        cfg = cfgmod.from_dict(schema, values)
     except cfgmod.ConfigError as err:
         raise cfgmod.ConfigError(f"{name} (preset {preset}): {err}") from None
-    return values
+    # every field, so what a preset leaves out is the schema's default, not whatever the
+    # notebook's parameters cell happens to hold
+    return dict(vars(cfg))
 
 
 def finished_params(done: Path) -> dict | None:

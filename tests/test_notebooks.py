@@ -54,6 +54,13 @@ def test_every_preset_validates(preset, name, tmp_path):
     notebook_params(name, preset, tmp_path, {})  # raises ConfigError naming the value
 
 
+def test_what_a_preset_leaves_out_is_the_schema_default_not_the_cell(tmp_path):
+    name = "04_fixed_vs_moving_teacher"
+    assert "seeds" not in preset_values(name, "smoke")
+    assert parameters(name)["seeds"] != [0]  # the cell holds the organism preset's seeds
+    assert notebook_params(name, "smoke", tmp_path, {})["seeds"] == [0]  # the default
+
+
 def test_a_preset_can_extend_another():
     base = preset_values("05_task_coverage", "paper")
     thinking = preset_values("05_task_coverage", "paper-qwen3-8b-thinking")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from sdlib import config as cfgmod
-from sdlib.runner import NOTEBOOKS, NotebookFailed, run
+from sdlib.runner import NOTEBOOKS, NotebookFailed, preset_values, run
 from sdlib.settings import REPO_ROOT
 
 EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
@@ -123,7 +123,9 @@ def test_shared_runs_are_computed_once(smoke_run):
     # notebook 04's fixed-teacher SDPO run is notebook 03's SDPO run: one folder, not two
     sdpo = sorted(p.name for p in (root / "train").glob("sdpo-*"))
     assert len(sdpo) == len(set(sdpo))
-    assert len(sdpo) == 1 + 1 + 2  # 03/04 shared, 04's EMA run, 05's two sizes
+    name = "04_fixed_vs_moving_teacher"
+    seeds = cfgmod.from_dict(cfgmod.EXPERIMENTS[name], preset_values(name, "smoke")).seeds
+    assert len(sdpo) == (1 + 1 + 2) * len(seeds)  # 03/04 shared, 04's EMA, 05's two sizes
 
 
 def test_bad_parameter_is_named_before_anything_runs(tmp_path):
