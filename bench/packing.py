@@ -41,7 +41,7 @@ def update(model, head, micro: core.Packed) -> tuple[float, torch.Tensor]:
     loss = -stats.token_logp.sum()
     loss.backward()
     grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
-    return float(loss), torch.cat(grads)
+    return loss.item(), torch.cat(grads)
 
 
 def timed(model, head, micro, repeats: int, device: str) -> tuple[float, float, torch.Tensor]:
