@@ -36,6 +36,7 @@ from sdlib.organism import checker
 from sdlib.organism import language as lang_mod
 from sdlib.organism.tokenizer import chat_text
 from sdlib.problems import Problem
+from sdlib.progress import tqdm
 
 BOOT = 2000
 # transformers renamed ``past_key_values`` to ``cache`` during 5.x; speak whichever it knows
@@ -70,7 +71,7 @@ def generate(model, tokenizer, texts: list[str], spec: GateSpec) -> list[str]:
     """
     gen = torch.Generator().manual_seed(spec.seed)
     out: list[str] = []
-    for lo in range(0, len(texts), spec.batch):
+    for lo in tqdm(range(0, len(texts), spec.batch), desc="premise gate", unit="batch"):
         enc = tokenizer(
             texts[lo : lo + spec.batch], add_special_tokens=False, padding=True, return_tensors="pt"
         )
