@@ -303,7 +303,6 @@ def test_eval_killed_anywhere_resumes_to_the_uninterrupted_samples(tmp_path):
     assert (cut / "table.csv").read_text() == (whole / "table.csv").read_text()
 
 
-@pytest.mark.slow
 def test_run_03_killed_anywhere_resumes_to_the_uninterrupted_tables(tmp_path):
     args = ["run", "03", "--preset", "smoke"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
