@@ -48,14 +48,7 @@ def main() -> None:
     for spec in args.model:
         policy = load_policy(spec, lora=LoraSpec())
         tok = policy.tokenizer
-        texts = [
-            tok.apply_chat_template(
-                [{"role": "user", "content": prompts.student_prompt(p.question)}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            for p in problems
-        ]
+        texts = [prompts.chat(tok, prompts.student_prompt(p.question)) for p in problems]
         sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0)
         times = {}
         for n in (1, default):
