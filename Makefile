@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 # The CPU wheel of torch on machines without CUDA; GPU machines keep the torch they have.
 CPU_TORCH ?= torch==2.13.0
 PRESET  ?= organism
+# notebooks 01-05 run this many at once after 00 (each on cores / JOBS threads)
+JOBS    ?= 2
 # torch's OpenMP threads spin while they wait; on a shared 2-core machine that costs 7-10x
 export OMP_WAIT_POLICY ?= PASSIVE
 
@@ -34,7 +36,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
 demo: setup
-	$(BIN)/sdlib run all --preset $(PRESET) --out runs/$(PRESET)/demo
+	$(BIN)/sdlib run all --preset $(PRESET) --jobs $(JOBS) --out runs/$(PRESET)/demo
 
 lab: setup
 	$(BIN)/jupyter lab --allow-root notebooks

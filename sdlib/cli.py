@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder (default: runs/<preset>/<time>); a rerun on the same folder resumes",
     )
     run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="notebooks run at once after 00 (each kernel on cores / jobs threads; "
+        "output in notebooks/<name>.log)",
+    )
+    run.add_argument(
         "--plan",
         action="store_true",
         help="print the rollouts, tokens and GPU-hours the run would take, and stop",
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.plan:
                 plan(args.notebooks, args.preset, overrides, args.mean_response)
             else:
-                run(args.notebooks, args.preset, args.out, overrides)
+                run(args.notebooks, args.preset, args.out, overrides, jobs=args.jobs)
     except cfgmod.ConfigError as err:
         print(f"sdlib: {err}", file=sys.stderr)
         return 2

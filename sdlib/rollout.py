@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from transformers import LlamaForCausalLM
+from transformers.cache_utils import DynamicLayer
 
 from sdlib.progress import tqdm
 
@@ -39,6 +40,11 @@ _CACHE_KW = (
 # and one thread decodes the organism (hidden 128) 1.8x faster than two
 # (bench/decode_threads.py); spinning threads (ACTIVE) do not pay that cost.
 SMALL_HIDDEN = 256
+# how a row's tokens are drawn from its seed; evaluations record it, so samples drawn
+# by an older scheme are not resumed as if current
+SAMPLER = "inverse-cdf, 64 uniforms per call"
+# finished rows leave a batch once they are this fraction (1/COMPACT_EVERY) of it
+COMPACT_EVERY = 8
 
 
 def decode_threads(model) -> int:
@@ -111,13 +117,14 @@ def row_seed(seed: int, key: int, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def sample_next(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator] | None):
+def sample_next(logits: torch.Tensor, s: Sampling, uniform: torch.Tensor | None = None):
     """Draw one token per row. Returns (token [B], log-prob [B]) from ``logits`` [B, V].
 
-    With one generator per row (``gens``), row b draws by the Gumbel-max trick,
-    argmax_v(log p_v - log E_v) with E_v ~ Exp(1) from its own generator: the same
-    distribution as multinomial sampling, but a sequence's tokens no longer depend on which
-    other sequences share its batch, its position there, or the process it runs in.
+    With ``uniform`` [B], one U(0, 1) number per row from that row's own generator (see
+    ``RowUniform``), row b takes the token where the cumulative distribution (float64, in
+    vocabulary order) first exceeds u_b: inverse-CDF sampling, the same distribution as
+    multinomial sampling, but a sequence's tokens no longer depend on which other
+    sequences share its batch, its position there, or the process it runs in.
     """
     logits = logits.float()
     if s.temperature == 0:
@@ -136,14 +143,86 @@ def sample_next(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator] |
         before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
         drop = torch.zeros_like(filtered, dtype=torch.bool).scatter(1, order, before >= s.top_p)
         filtered = filtered.masked_fill(drop, float("-inf"))
-    if gens is None:
+    if uniform is None:
         token = torch.multinomial(torch.softmax(filtered, dim=-1), 1).squeeze(1)
     else:
-        noise = torch.stack(
-            [torch.empty_like(filtered[0]).exponential_(generator=g) for g in gens]
-        )  # [B, V]
-        token = (filtered - noise.log()).argmax(dim=-1)
+        cdf = filtered.double().exp().cumsum(dim=-1)
+        # a token of probability 0 never has the first cdf value above u: right=True
+        at = (uniform.double() * cdf[:, -1]).unsqueeze(1)
+        token = torch.searchsorted(cdf, at, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
     return token, logp.gather(1, token[:, None]).squeeze(1)
+
+
+class RowUniform:
+    """One U(0, 1) number per row and step, from the row's own generator, drawn ``BLOCK``
+    steps at a time (one call per row every ``BLOCK`` steps, not every step)."""
+
+    BLOCK = 64
+
+    def __init__(self, gens: list[torch.Generator], device):
+        self.gens, self.device = gens, device
+        self.step, self.buffer = 0, None
+
+    def next(self) -> torch.Tensor:
+        """[B]: this step's number of every row."""
+        at = self.step % self.BLOCK
+        if at == 0:
+            self.buffer = torch.stack(
+                [torch.rand(self.BLOCK, generator=g, device=self.device) for g in self.gens]
+            )  # [B, BLOCK]
+        self.step += 1
+        return self.buffer[:, at]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only ``rows`` stay in the batch."""
+        self.gens = [self.gens[i] for i in rows.tolist()]
+        self.buffer = self.buffer[rows]
+
+
+class GrowingLayer(DynamicLayer):
+    """A layer's keys and values in a buffer with spare room, doubled when full: appending
+    a token writes it in place, where ``DynamicLayer`` copies the whole cache for every
+    token (a third of a decode step at 200 rows of the organism)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.used, self.device, self.is_initialized = keys.shape[-2], keys.device, True
+        self.store_k, self.store_v = self._room(keys), self._room(values)
+        self._views()
+
+    def _room(self, states: torch.Tensor) -> torch.Tensor:
+        """A buffer twice as long as ``states`` (at least 64 more), ``states`` at its start."""
+        b, h, n, d = states.shape
+        store = states.new_empty(b, h, max(2 * n, n + 64), d)
+        store[:, :, :n] = states
+        return store
+
+    def _views(self) -> None:
+        self.keys = self.store_k[:, :, : self.used]
+        self.values = self.store_v[:, :, : self.used]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.used + key_states.shape[-2]
+        if end > self.store_k.shape[-2]:
+            self.store_k, self.store_v = self._room(self.keys), self._room(self.values)
+        self.store_k[:, :, self.used : end] = key_states
+        self.store_v[:, :, self.used : end] = value_states
+        self.used = end
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.store_k, self.store_v = self.store_k[indices], self.store_v[indices]
+        self._views()
+
+
+def grow_in_place(cache) -> None:
+    """Make each plain (full-attention) layer of a filled ``cache`` a ``GrowingLayer``;
+    other kinds (sliding windows) keep their own update."""
+    cache.layers = [
+        GrowingLayer(layer.keys, layer.values) if type(layer) is DynamicLayer else layer
+        for layer in cache.layers
+    ]
 
 
 class TransformersBackend:
@@ -215,10 +294,12 @@ class TransformersBackend:
         return out
 
     def _decode(self, prompt_ids: list[list[int]], s: Sampling, gens):
-        """Decode one left-padded batch; finished rows leave the batch and its KV cache.
+        """Decode one left-padded batch.
 
         Copies of one prompt (the n samples of a group) are prefilled once and their KV
-        cache repeated, so a group costs one prefill, not n.
+        cache repeated, so a group costs one prefill, not n. Finished rows ride along until
+        an eighth of the batch has finished, then leave it and its cache together: fewer
+        cache copies than dropping each row as it finishes, little work on finished rows.
         """
         device = self.model.device
         unique = list(dict.fromkeys(map(tuple, prompt_ids)))
@@ -227,48 +308,59 @@ class TransformersBackend:
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in unique], device=device)
         lengths = torch.tensor([len(p) for p in unique], device=device)
-        mask = (torch.arange(width, device=device) >= (width - lengths)[:, None]).long()
+        prompt_mask = (torch.arange(width, device=device) >= (width - lengths)[:, None]).long()
         out = self.model(
             input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            attention_mask=prompt_mask,
+            position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
             use_cache=True,
             logits_to_keep=1,
         )
-        getattr(out, _CACHE_KW).batch_select_indices(copy_of)  # [U, ...] -> [B, ...]
-        out.logits = out.logits[copy_of]
-        mask = mask[copy_of]
-        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = getattr(out, _CACHE_KW)
+        cache.batch_select_indices(copy_of)  # [U, ...] -> [B, ...]
+        grow_in_place(cache)
+        logits = out.logits[copy_of, -1]
+        # the attention mask of every position to come: the prompt's, then the new tokens'
+        mask = prompt_mask[copy_of]
+        mask = torch.cat([mask, mask.new_ones(len(mask), s.max_new_tokens)], dim=1)
+        position = lengths[copy_of][:, None]
+        uniform = None if s.temperature == 0 else RowUniform(gens, device)
         stop = torch.tensor(self.stop_ids, device=device)
-        live = torch.arange(len(prompt_ids), device=device)  # batch row -> original row
+        row = torch.arange(len(prompt_ids), device=device)  # batch row -> original row
+        alive = torch.ones(len(prompt_ids), dtype=torch.bool, device=device)
         tokens = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         reasons = ["length"] * len(prompt_ids)
-        for _ in range(s.max_new_tokens):
-            token, logp = sample_next(out.logits[:, -1], s, gens)
-            for row, t, lp in zip(live.tolist(), token.tolist(), logp.tolist(), strict=True):
-                tokens[row].append(t)
-                logps[row].append(lp)
-            done = torch.isin(token, stop)
-            for row in live[done].tolist():
-                reasons[row] = "stop"
-            keep = (~done).nonzero().squeeze(1)
-            if keep.numel() == 0:
+        for step in range(s.max_new_tokens):
+            token, logp = sample_next(logits, s, None if uniform is None else uniform.next())
+            rows = zip(row.tolist(), token.tolist(), logp.tolist(), alive.tolist(), strict=True)
+            for r, t, lp, live in rows:
+                if live:
+                    tokens[r].append(t)
+                    logps[r].append(lp)
+            stopped = alive & torch.isin(token, stop)
+            for r in row[stopped].tolist():
+                reasons[r] = "stop"
+            alive &= ~stopped
+            left = int(alive.sum())
+            if left == 0 or step == s.max_new_tokens - 1:
                 break
-            cache = getattr(out, _CACHE_KW)
-            if keep.numel() < live.numel():
+            if len(row) - left >= max(1, len(row) // COMPACT_EVERY):
+                keep = alive.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
-                live, token, mask, position = live[keep], token[keep], mask[keep], position[keep]
-                gens = [gens[i] for i in keep.tolist()]
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            position = position[:, -1:] + 1
+                row, token, mask, position, alive = (
+                    t[keep] for t in (row, token, mask, position, alive)
+                )
+                if uniform is not None:
+                    uniform.keep(keep)
             out = self.model(
                 input_ids=token[:, None],
-                attention_mask=mask,
+                attention_mask=mask[:, : width + step + 1],
                 position_ids=position,
                 use_cache=True,
                 **{_CACHE_KW: cache},
             )
+            logits, position = out.logits[:, -1], position + 1
         return list(zip(tokens, logps, reasons, strict=True))
 
 

@@ -7,7 +7,9 @@
 
 Guarantees:
 - one writer: ``lock()`` takes an exclusive lock; a second writer gets ``RunFolderBusy``
-  naming the holder's PID. The lock dies with its process, so a killed run never blocks.
+  naming the holder's PID, or, with ``SDLIB_WAIT_FOR_LOCKS=1`` (``sdlib run --jobs``, where
+  two notebooks may ask for one shared run), waits for the holder and then finds its work
+  done. The lock dies with its process, so a killed run never blocks.
 - nothing is unpickled: tensors live in safetensors, everything else in JSON or YAML.
 - every file is written atomically (temp file, then rename) or appended line by line, and a
   checkpoint folder appears whole (built under a temp name, renamed last). Its manifest
@@ -37,6 +39,8 @@ from safetensors.torch import load_file, save_file
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+# set to "1": a busy lock is waited for instead of refused
+WAIT_FOR_LOCKS = "SDLIB_WAIT_FOR_LOCKS"
 MANIFEST = "manifest.json"
 
 
@@ -131,10 +135,16 @@ class RunFolder:
     def lock(self):
         """Hold the folder's exclusive lock for the block (see the module docstring)."""
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        holder = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            if os.environ.get(WAIT_FOR_LOCKS) == "1":
+                print(f"[sdlib] waiting for process {holder}, which is writing {self.path}")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                holder = None
+        if holder is not None:
             os.close(fd)
             raise RunFolderBusy(
                 f"run folder {self.path} is in use by process {holder} (lock "

@@ -17,9 +17,11 @@ that did not change are found on disk either way.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from html import escape
 from pathlib import Path
@@ -27,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from sdlib import config as cfgmod
-from sdlib.runfolder import RunFolder, write_atomic
+from sdlib.runfolder import WAIT_FOR_LOCKS, RunFolder, write_atomic
 from sdlib.settings import REPO_ROOT
 
 NOTEBOOKS = list(cfgmod.EXPERIMENTS)
@@ -105,10 +107,22 @@ def finished_params(done: Path) -> dict | None:
 
 
 def run(
-    names: list[str], preset: str = "organism", out: str = "", overrides: dict | None = None
+    names: list[str],
+    preset: str = "organism",
+    out: str = "",
+    overrides: dict | None = None,
+    jobs: int = 1,
 ) -> Path:
-    """Execute the notebooks ``names`` (or all) at ``preset`` into ``out``; returns it."""
+    """Execute the notebooks ``names`` (or all) at ``preset`` into ``out``; returns it.
+
+    ``jobs > 1`` runs that many notebooks at once, each kernel on ``cores // jobs`` threads
+    and its output in ``notebooks/<name>.log`` (a line per minute here says where each one
+    is). Notebook 00 runs first and alone: the others use the model it builds. Two
+    notebooks that need one shared run wait for each other instead of training it twice.
+    """
     names, overrides = resolve(names), overrides or {}
+    if not isinstance(jobs, int) or jobs < 1:
+        raise cfgmod.ConfigError(f"jobs = {jobs!r}: give a positive whole number (1: in turn)")
     root = Path(out or f"runs/{preset}/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     known = set().union(*(cfgmod.EXPERIMENTS[n].__dataclass_fields__ for n in names))
     unknown = sorted(set(overrides) - known)
@@ -118,33 +132,95 @@ def run(
     with RunFolder(root).lock():
         (root / "notebooks").mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        for i, name in enumerate(names, 1):
-            done = root / "notebooks" / f"{name}.done"
-            before = finished_params(done)
-            if before == params[name]:
-                print(f"[sdlib run] {i}/{len(names)} {name}: finished earlier, skipped")
-                continue
-            if before is not None:
-                print(f"[sdlib run] {i}/{len(names)} {name}: parameters changed since it finished")
-            print(
-                f"[sdlib run] {i}/{len(names)} {name}: running (cells and the bars inside "
-                f"them follow; ETA per notebook on the Executing bar)",
-                flush=True,
-            )
-            start = time.perf_counter()
-            execute(name, root, params[name])
-            record = {"seconds": round(time.perf_counter() - start, 1), "params": params[name]}
-            write_atomic(done, json.dumps(record, indent=1) + "\n")
-            print(
-                f"[sdlib run] {i}/{len(names)} {name}: done in {_clock(start)} "
-                f"(run so far {_clock(started)})",
-                flush=True,
-            )
+        step = _Step(names, root, params, started)
+        first = [n for n in names if n == NOTEBOOKS[0]] if jobs > 1 else names
+        for name in first:
+            step(name)
+        rest = [n for n in names if n not in first]
+        if rest:
+            _in_parallel(step, rest, jobs)
         md, html = write_report(root, names)
     # the tables, in the terminal too (figures: see the report)
     print("\n".join(x for x in md.read_text().splitlines() if not x.startswith("![")))
     print(f"[sdlib run] report: {md} and {html} (one file, figures inside)")
     return root
+
+
+class _Step:
+    """Runs one notebook of a run (or skips it, finished with the same parameters)."""
+
+    def __init__(self, names, root: Path, params: dict, started: float):
+        self.names, self.root, self.params, self.started = names, root, params, started
+
+    def __call__(self, name: str, log: Path | None = None) -> None:
+        i, n = self.names.index(name) + 1, len(self.names)
+        done = self.root / "notebooks" / f"{name}.done"
+        before = finished_params(done)
+        if before == self.params[name]:
+            print(f"[sdlib run] {i}/{n} {name}: finished earlier, skipped", flush=True)
+            return
+        if before is not None:
+            print(f"[sdlib run] {i}/{n} {name}: parameters changed since it finished")
+        where = f"output in {log}" if log else "cells and the bars inside them follow"
+        print(f"[sdlib run] {i}/{n} {name}: running ({where})", flush=True)
+        start = time.perf_counter()
+        execute(name, self.root, self.params[name], log)
+        record = {"seconds": round(time.perf_counter() - start, 1), "params": self.params[name]}
+        write_atomic(done, json.dumps(record, indent=1) + "\n")
+        print(
+            f"[sdlib run] {i}/{n} {name}: done in {_clock(start)} "
+            f"(run so far {_clock(self.started)})",
+            flush=True,
+        )
+
+
+# longest first, so that the last notebook to start is a short one (study order otherwise)
+EXPECTED_ORDER = ["05_task_coverage", "03_sdpo_vs_grpo", "02_sft_guided_vs_unguided"]
+
+
+def _in_parallel(step: _Step, names: list[str], jobs: int) -> None:
+    """``step`` each notebook, ``jobs`` at a time, kernels on their share of the cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if jobs == 1:
+        for name in names:
+            step(name)
+        return
+    rank = {n: i for i, n in enumerate(EXPECTED_ORDER)}
+    names = sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: study order after
+    logs = {n: step.root / "notebooks" / f"{n}.log" for n in names}
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), WAIT_FOR_LOCKS: "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernels inherit them
+    stop = threading.Event()
+    watcher = threading.Thread(target=_report_every_minute, args=(logs, stop), daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(jobs) as pool:
+            for job in [pool.submit(step, n, logs[n]) for n in names]:
+                job.result()  # the first failure is raised, naming its notebook
+    finally:
+        stop.set()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _report_every_minute(logs: dict[str, Path], stop: threading.Event) -> None:
+    """A line per running notebook every minute: the last thing its log shows."""
+    while not stop.wait(60):
+        for name, log in logs.items():
+            if log.exists() and not log.with_suffix(".done").exists():
+                print(f"[sdlib run]   {name}: {_last_line(log)}", flush=True)
+
+
+def _last_line(log: Path) -> str:
+    """The last line of ``log``; of a progress bar redrawn with carriage returns, its
+    latest state."""
+    with log.open("rb") as f:
+        f.seek(max(0, log.stat().st_size - 4096))
+        text = f.read().decode(errors="replace")
+    lines = [x for x in text.replace("\r", "\n").splitlines() if x.strip()]
+    return lines[-1].strip() if lines else "(starting)"
 
 
 def plan(names: list[str], preset: str, overrides: dict | None = None, mean_response=None):
@@ -178,29 +254,32 @@ def _clock(start: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def execute(name: str, root: Path, params: dict) -> None:
+def execute(name: str, root: Path, params: dict, log: Path | None = None) -> None:
     """Run one notebook through papermill, showing its cell progress and the kernel's
-    output (sdlib's own rollout, training and evaluation bars) as it runs."""
+    output (sdlib's own rollout, training and evaluation bars) as it runs, or writing
+    that output to ``log``."""
     import papermill as pm
 
     os.environ["SDLIB_TEXT_PROGRESS"] = "1"  # the kernel inherits it: bars as text
     target = root / "notebooks" / f"{name}.ipynb"
-    try:
-        pm.execute_notebook(
-            str(NOTEBOOK_DIR / f"{name}.ipynb"),
-            str(target),
-            parameters=params,
-            kernel_name="python3",
-            cwd=str(REPO_ROOT),
-            progress_bar=True,
-            stdout_file=sys.stdout,
-            stderr_file=sys.stderr,
-        )
-    except pm.PapermillExecutionError as err:
-        raise NotebookFailed(
-            f"notebook {name} failed in cell {err.exec_count} ({err.ename}: {err.evalue}); "
-            f"executed copy with the traceback: {target}; parameters: {params}"
-        ) from None
+    with contextlib.ExitStack() as stack:
+        stream = sys.stdout if log is None else stack.enter_context(log.open("w"))
+        try:
+            pm.execute_notebook(
+                str(NOTEBOOK_DIR / f"{name}.ipynb"),
+                str(target),
+                parameters=params,
+                kernel_name="python3",
+                cwd=str(REPO_ROOT),
+                progress_bar=log is None,
+                stdout_file=stream,
+                stderr_file=sys.stderr if log is None else stream,
+            )
+        except pm.PapermillExecutionError as err:
+            raise NotebookFailed(
+                f"notebook {name} failed in cell {err.exec_count} ({err.ename}: {err.evalue}); "
+                f"executed copy with the traceback: {target}; parameters: {params}"
+            ) from None
 
 
 def report_parts(folder: Path) -> tuple[str, list[tuple[str, pd.DataFrame]], list[Path]]:

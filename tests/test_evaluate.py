@@ -237,3 +237,31 @@ def test_a_prefill_starts_every_reply_and_counts_in_its_grade():
     assert all(p.endswith("x =") for p in seen)
     assert res.samples["text"].str.startswith("x = ").all() and res.samples["correct"].all()
     assert (res.samples["len_tokens"] == 3).all()  # the generated tokens only
+
+
+def test_an_evaluated_adapter_decodes_merged_and_as_the_unmerged_model_does(tmp_path):
+    import peft
+    import torch
+
+    from sdlib.config import OnPolicyConfig, from_dict
+    from sdlib.experiments.evaluation import LazyBackend
+    from sdlib.models import LoraSpec, load_policy
+    from sdlib.rollout import TransformersBackend
+
+    trained = load_policy("tiny-random:2x64", lora=LoraSpec())
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained adapter: B away from its zero start
+        for name, p in trained.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    trained.model.save_pretrained(tmp_path / "adapter")
+    cfg = from_dict(OnPolicyConfig, {"model": "tiny-random:2x64", "out": str(tmp_path)})
+    lazy = LazyBackend(cfg, str(tmp_path / "adapter"))
+    texts = ["What is 3 + 4?", "Compute 12 - 5."]
+    greedy = Sampling(12, temperature=0)
+    merged = lazy.generate(texts, 2, greedy)
+    assert not isinstance(lazy.inner.model, peft.PeftModel)  # one product per layer
+    unmerged = TransformersBackend(trained.model, trained.tokenizer, 8, False)
+    assert merged.token_ids == unmerged.generate(texts, 2, greedy).token_ids
+    for a, b in zip(merged.logprobs, unmerged.generate(texts, 2, greedy).logprobs, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4

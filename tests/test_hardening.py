@@ -142,6 +142,32 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, graded):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_with_wait_for_locks_a_second_writer_waits_for_the_holder(tmp_path, capsys):
+    # what two notebooks of `sdlib run --jobs 2` do when both need one shared run
+    hold = (
+        "import sys, time; from sdlib.runfolder import RunFolder\n"
+        "with RunFolder(sys.argv[1]).lock():\n"
+        "    print('held', flush=True); time.sleep(2)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunFolderBusy, match=f"in use by process {holder.pid}"):
+        with RunFolder(tmp_path).lock():
+            pass
+    os.environ["SDLIB_WAIT_FOR_LOCKS"] = "1"
+    start = time.perf_counter()
+    try:
+        with RunFolder(tmp_path).lock():
+            waited = time.perf_counter() - start  # the lock came only once the holder let go
+    finally:
+        del os.environ["SDLIB_WAIT_FOR_LOCKS"]
+        holder.wait()
+    assert waited > 1.0
+    assert f"waiting for process {holder.pid}, which is writing {tmp_path}" in capsys.readouterr().out
+
+
 def test_a_damaged_checkpoint_falls_back_to_the_intact_one_before_it(tmp_path, whole, graded):
     train(cfg_for(tmp_path))
     state = tmp_path / "checkpoints" / "step_4" / "state.safetensors"

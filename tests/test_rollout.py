@@ -4,6 +4,7 @@ import torch
 from sdlib.prompts import chat, student_prompt
 from sdlib.rollout import (
     Rollouts,
+    RowUniform,
     Sampling,
     TransformersBackend,
     VLLMBackend,
@@ -125,11 +126,32 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
     assert set(tok.tolist()) == {0}
     tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_p=0.9), gen)
     assert set(tok.tolist()) == {0, 1}
-    gens = [torch.Generator().manual_seed(i) for i in range(500)]
-    tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_p=0.9), gens)
+    uniform = RowUniform([torch.Generator().manual_seed(i) for i in range(500)], "cpu").next()
+    tok, _ = sample_next(logits, Sampling(1, temperature=1.0, top_p=0.9), uniform)
     assert set(tok.tolist()) == {0, 1}
-    # Gumbel-max per row draws from the same distribution: p(0 | top-p 0.9) = 0.73
+    # inverse-CDF sampling per row draws from the same distribution: p(0 | top-p 0.9) = 0.73
     assert abs((tok == 0).float().mean().item() - 0.7311) < 0.06
+
+
+def test_inverse_cdf_draws_match_the_exact_distribution_and_never_a_dropped_token():
+    logits = torch.tensor([[2.0, -30.0, 1.0, 0.5, -1.0, 0.0]]).repeat(40_000, 1)
+    s = Sampling(1, temperature=0.8, top_k=4)
+    tok, logp = sample_next(logits, s, torch.rand(40_000, generator=torch.Generator().manual_seed(0)))
+    # float64 reference: softmax at T 0.8 over the top 4 logits (2, 1, 0.5, 0), renormalised
+    scaled = logits[0].double() / 0.8
+    kept = torch.tensor([0, 2, 3, 5])
+    p = torch.zeros(6, dtype=torch.float64)
+    p[kept] = torch.softmax(scaled[kept], 0)
+    freq = torch.bincount(tok, minlength=6).double() / len(tok)
+    assert freq[1] == 0 and freq[4] == 0  # below the top 4: never drawn
+    sd = (p * (1 - p) / len(tok)).sqrt()
+    assert ((freq - p).abs() <= 4 * sd + 1e-12).all(), (freq, p)
+    # the log-prob returned is the unfiltered one at temperature (pi_old)
+    full = torch.log_softmax(scaled, 0)
+    assert torch.allclose(logp.double(), full[tok], atol=1e-6)
+    # u near 1 lands on the last kept token, u = 0 on the first
+    edge, _ = sample_next(logits[:2], s, torch.tensor([0.0, 1 - 1e-12]))
+    assert edge.tolist() == [0, 5]
 
 
 @pytest.mark.parametrize(

@@ -128,6 +128,29 @@ def test_shared_runs_are_computed_once(smoke_run):
     assert len(sdpo) == (1 + 1 + 2) * len(seeds)  # 03/04 shared, 04's EMA, 05's two sizes
 
 
+def test_an_evaluation_is_found_by_what_it_computes_whatever_its_label(smoke_run):
+    root, _ = smoke_run
+    # 04 evaluates 03's SDPO adapters as "SDPO fixed": the same work, one folder
+    keys = [p.name.rsplit("-", 1)[1] for p in (root / "eval").iterdir()]
+    assert len(keys) == len(set(keys))
+    assert not list((root / "eval").glob("SDPO fixed*"))
+
+
+def test_notebooks_run_two_at_once_and_share_their_runs(tmp_path, capsys):
+    root = run(["03", "04"], preset="smoke", out=str(tmp_path), jobs=2)
+    out = capsys.readouterr().out
+    for name in ("03_sdpo_vs_grpo", "04_fixed_vs_moving_teacher"):
+        assert (root / "notebooks" / f"{name}.done").exists()
+        assert f"{name}: running (output in {root / 'notebooks' / name}.log)" in out
+        assert (root / "notebooks" / f"{name}.log").stat().st_size > 0  # the kernel's output
+    # 04's fixed-teacher runs are 03's SDPO runs, trained once though both asked at once
+    seeds = len(cfgmod.from_dict(cfgmod.EXPERIMENTS["04_fixed_vs_moving_teacher"],
+                                 preset_values("04_fixed_vs_moving_teacher", "smoke")).seeds)  # fmt: skip
+    assert len(list((root / "train").glob("sdpo-*"))) == 2 * seeds
+    with pytest.raises(cfgmod.ConfigError, match="jobs = 0"):
+        run(["03"], preset="smoke", out=str(tmp_path), jobs=0)
+
+
 def test_bad_parameter_is_named_before_anything_runs(tmp_path):
     with pytest.raises(cfgmod.ConfigError, match="03_sdpo_vs_grpo .*eval_k = 0"):
         run(["03"], preset="smoke", out=str(tmp_path), overrides={"eval_k": 0})

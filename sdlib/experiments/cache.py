@@ -19,8 +19,14 @@ def key(value) -> str:
 
 
 def folder(root: str | Path, kind: str, label: str, value) -> Path:
-    """``<root>/<kind>/<label>-<key(value)>``."""
-    return Path(root) / kind / f"{label}-{key(value)}"
+    """``<root>/<kind>/<label>-<key(value)>``; or, if another label already holds this
+    key, that folder: the label only names the work, the key decides it (notebook 05's
+    ``SDPO |D|=1200`` evaluations are notebook 03's ``SDPO`` ones)."""
+    digest = key(value)
+    mine = Path(root) / kind / f"{label}-{digest}"
+    if mine.exists():
+        return mine
+    return next(iter(sorted(mine.parent.glob(f"*-{digest}"))), mine)
 
 
 def file_digest(path: Path) -> str:

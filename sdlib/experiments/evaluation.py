@@ -13,7 +13,7 @@ from sdlib.experiments import cache
 from sdlib.models import load_policy, load_tokenizer, local_folder, model_limits
 from sdlib.problems import Problem
 from sdlib.prompts import THINKING, student_turn
-from sdlib.rollout import Sampling, TransformersBackend, VLLMBackend
+from sdlib.rollout import SAMPLER, Sampling, TransformersBackend, VLLMBackend
 
 
 class LazyBackend:
@@ -30,8 +30,11 @@ class LazyBackend:
                 inner.set_adapter(self.adapter)
             return inner
         policy = load_policy(cfg.model, dtype=cfg.dtype, device=cfg.device, adapter=self.adapter)
+        # an evaluation never trains: fold the adapter into the weights, W + (alpha/r) B A,
+        # so a decode step runs one matrix product per layer, not three
+        model = policy.model.merge_and_unload() if self.adapter else policy.model
         # evaluate() shows the progress bar; one per batch here would only add noise
-        return TransformersBackend(policy.model, policy.tokenizer, cfg.gen_batch, progress=False)
+        return TransformersBackend(model, policy.tokenizer, cfg.gen_batch, progress=False)
 
     def generate(self, prompts, n, sampling, keys=None):
         if self.inner is None:
@@ -64,6 +67,7 @@ def evaluate_policy(
     identity = {
         "model": cfg.model,
         "dtype": cfg.dtype,
+        "sampler": "vllm" if cfg.backend == "vllm" else SAMPLER,
         "adapter": cache.file_digest(Path(adapter)) if adapter else None,
         "k": k,
         "sampling": dataclasses.asdict(sampling),
@@ -84,6 +88,8 @@ def evaluate_policy(
         few_shot=cfg.few_shot,
         context=model_limits(cfg.model)[1],
         prefill=prefill,
+        # as many problems per generate call as fill a decode batch with their k samples
+        problems_per_batch=max(1, cfg.gen_batch // k),
     )
 
 

@@ -14,7 +14,8 @@ from sdlib.train.trackers import LOGGERS
 # Bumped whenever an update's arithmetic changes, so that content-addressed runs
 # (sdlib.experiments.training) trained by older code are not found and reused as current.
 # 2: tokens scored at the rollout temperature. 3: the EMA teacher moves once per step.
-REVISION = 3
+# 4: rollouts sampled by inverse CDF (``sdlib.rollout.SAMPLER``), not Gumbel-max.
+REVISION = 4
 
 ALGORITHMS = {"grpo": GRPO, "sdpo": SDPO, "sft": SFT}
 
