@@ -217,18 +217,15 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
 
 
 def _tiny_random(spec: str, dtype: torch.dtype):
-    """``tiny-random:LxH``: L layers of width H (heads of 64, or 16 below width 256),
-    weights from a fixed seed."""
-    try:
-        layers, hidden = (int(v) for v in spec.removeprefix("tiny-random:").split("x"))
-    except ValueError:
-        raise ValueError(f"model spec {spec!r} must look like 'tiny-random:2x64'") from None
-    if layers < 1 or hidden < 16 or hidden % (64 if hidden >= 256 else 16):
-        raise ValueError(f"model spec {spec!r}: need layers >= 1 and hidden a multiple of 16")
+    """``tiny-random:LxH`` or ``tiny-random:LxHxV``: L layers of width H (heads of 64, or
+    16 below width 256), a head over V tokens (default: the bundled tokenizer's 49,152; a
+    larger V, such as Qwen's 151,936, gives the cost of a large head, the tokenizer still
+    writing only its own ids), weights from a fixed seed."""
+    layers, hidden, vocab = tiny_random_shape(spec)
     tok = load_tokenizer(DEFAULT_MODEL)
     heads = hidden // 64 if hidden >= 256 else hidden // 16
     config = LlamaConfig(
-        vocab_size=len(tok),
+        vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
@@ -316,10 +313,28 @@ def count_parameters(model) -> tuple[int, int]:
 # Checks that need the model's configuration but not its weights
 
 
+def tiny_random_shape(spec: str) -> tuple[int, int, int]:
+    """(layers, hidden, vocabulary) of a ``tiny-random:LxH[xV]`` spec, checked."""
+    try:
+        layers, hidden, *rest = (int(v) for v in spec.removeprefix("tiny-random:").split("x"))
+    except ValueError:
+        raise ValueError(f"model spec {spec!r} must look like 'tiny-random:2x64'") from None
+    if layers < 1 or hidden < 16 or hidden % (64 if hidden >= 256 else 16):
+        raise ValueError(f"model spec {spec!r}: need layers >= 1 and hidden a multiple of 16")
+    tokens = len(load_tokenizer(DEFAULT_MODEL))
+    vocab = rest[0] if len(rest) == 1 else tokens
+    if len(rest) > 1 or vocab < tokens:
+        raise ValueError(
+            f"model spec {spec!r}: the third number is the vocabulary, at least the "
+            f"tokenizer's {tokens} (e.g. 'tiny-random:2x64x151936')"
+        )
+    return layers, hidden, vocab
+
+
 def model_limits(spec: str) -> tuple[int, int]:
     """(vocabulary size, context length) of ``spec`` from its config alone, no weights."""
     if spec.startswith("tiny-random:"):
-        return len(load_tokenizer(DEFAULT_MODEL)), TINY_RANDOM_CONTEXT
+        return tiny_random_shape(spec)[2], TINY_RANDOM_CONTEXT
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(local_folder(spec))

@@ -174,8 +174,21 @@ class _Step:
         )
 
 
-# longest first, so that the last notebook to start is a short one (study order otherwise)
-EXPECTED_ORDER = ["05_task_coverage", "03_sdpo_vs_grpo", "02_sft_guided_vs_unguided"]
+# a notebook that reads another's output runs after it, in the same worker
+NEEDS = {"02_sft_guided_vs_unguided": "01_context_richness"}  # 01 writes D_ug and D_sg
+# longest first, so that the last job to start is a short one (study order otherwise)
+LONGEST_FIRST = ["05_task_coverage", "03_sdpo_vs_grpo", "01_context_richness"]
+
+
+def chains(names: list[str]) -> list[list[str]]:
+    """``names`` as jobs: each notebook joins the job of the notebook it needs (if that is
+    selected too), and jobs are ordered longest first."""
+    jobs: list[list[str]] = []
+    for name in names:
+        home = next((job for job in jobs if NEEDS.get(name) in job), None)
+        home.append(name) if home else jobs.append([name])
+    rank = {n: i for i, n in enumerate(LONGEST_FIRST)}
+    return sorted(jobs, key=lambda job: rank.get(job[0], len(rank)))  # stable
 
 
 def _in_parallel(step: _Step, names: list[str], jobs: int) -> None:
@@ -186,8 +199,6 @@ def _in_parallel(step: _Step, names: list[str], jobs: int) -> None:
         for name in names:
             step(name)
         return
-    rank = {n: i for i, n in enumerate(EXPECTED_ORDER)}
-    names = sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: study order after
     logs = {n: step.root / "notebooks" / f"{n}.log" for n in names}
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), WAIT_FOR_LOCKS: "1"}
     saved = {k: os.environ.get(k) for k in env}
@@ -195,10 +206,15 @@ def _in_parallel(step: _Step, names: list[str], jobs: int) -> None:
     stop = threading.Event()
     watcher = threading.Thread(target=_report_every_minute, args=(logs, stop), daemon=True)
     watcher.start()
+
+    def job(chain: list[str]) -> None:
+        for name in chain:
+            step(name, logs[name])
+
     try:
         with ThreadPoolExecutor(jobs) as pool:
-            for job in [pool.submit(step, n, logs[n]) for n in names]:
-                job.result()  # the first failure is raised, naming its notebook
+            for done in [pool.submit(job, chain) for chain in chains(names)]:
+                done.result()  # the first failure is raised, naming its notebook
     finally:
         stop.set()
         for k, v in saved.items():

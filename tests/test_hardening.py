@@ -153,9 +153,11 @@ def test_with_wait_for_locks_a_second_writer_waits_for_the_holder(tmp_path, caps
         [sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(RunFolderBusy, match=f"in use by process {holder.pid}"):
-        with RunFolder(tmp_path).lock():
-            pass
+    with (
+        pytest.raises(RunFolderBusy, match=f"in use by process {holder.pid}"),
+        RunFolder(tmp_path).lock(),
+    ):
+        pass
     os.environ["SDLIB_WAIT_FOR_LOCKS"] = "1"
     start = time.perf_counter()
     try:
@@ -165,7 +167,8 @@ def test_with_wait_for_locks_a_second_writer_waits_for_the_holder(tmp_path, caps
         del os.environ["SDLIB_WAIT_FOR_LOCKS"]
         holder.wait()
     assert waited > 1.0
-    assert f"waiting for process {holder.pid}, which is writing {tmp_path}" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"waiting for process {holder.pid}, which is writing {tmp_path}" in said
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_intact_one_before_it(tmp_path, whole, graded):

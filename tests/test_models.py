@@ -49,6 +49,17 @@ def test_tiny_random_is_seeded_and_leaves_global_rng_alone():
     assert a.model.config.num_hidden_layers == 2 and a.model.config.hidden_size == 64
 
 
+def test_a_tiny_random_spec_may_name_a_larger_vocabulary():
+    from sdlib.models import model_limits
+
+    big = load_policy("tiny-random:1x64x151936")
+    assert big.model.config.vocab_size == 151936
+    assert big.model.lm_head.weight.shape == (151936, 64)
+    assert big.model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == 151936
+    assert model_limits("tiny-random:1x64x151936")[0] == 151936
+    assert model_limits("tiny-random:1x64")[0] == len(big.tokenizer)
+
+
 def test_local_folder_round_trip(tiny, tmp_path):
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
@@ -70,6 +81,8 @@ def test_offline_hub_id_names_the_fix(monkeypatch, tmp_path):
         (3, TypeError),
         ("", TypeError),
         ("tiny-random:two", ValueError),
+        ("tiny-random:2x64x1000", ValueError),  # a head smaller than the tokenizer
+        ("tiny-random:2x64x60000x3", ValueError),
         ("bundled:gpt-17", ModelNotFoundError),
         ("./not/here", ModelNotFoundError),
     ],

@@ -136,7 +136,8 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
 def test_inverse_cdf_draws_match_the_exact_distribution_and_never_a_dropped_token():
     logits = torch.tensor([[2.0, -30.0, 1.0, 0.5, -1.0, 0.0]]).repeat(40_000, 1)
     s = Sampling(1, temperature=0.8, top_k=4)
-    tok, logp = sample_next(logits, s, torch.rand(40_000, generator=torch.Generator().manual_seed(0)))
+    uniform = torch.rand(40_000, generator=torch.Generator().manual_seed(0))
+    tok, logp = sample_next(logits, s, uniform)
     # float64 reference: softmax at T 0.8 over the top 4 logits (2, 1, 0.5, 0), renormalised
     scaled = logits[0].double() / 0.8
     kept = torch.tensor([0, 2, 3, 5])

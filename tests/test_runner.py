@@ -144,11 +144,23 @@ def test_notebooks_run_two_at_once_and_share_their_runs(tmp_path, capsys):
         assert f"{name}: running (output in {root / 'notebooks' / name}.log)" in out
         assert (root / "notebooks" / f"{name}.log").stat().st_size > 0  # the kernel's output
     # 04's fixed-teacher runs are 03's SDPO runs, trained once though both asked at once
-    seeds = len(cfgmod.from_dict(cfgmod.EXPERIMENTS["04_fixed_vs_moving_teacher"],
-                                 preset_values("04_fixed_vs_moving_teacher", "smoke")).seeds)  # fmt: skip
+    name = "04_fixed_vs_moving_teacher"
+    seeds = len(cfgmod.from_dict(cfgmod.EXPERIMENTS[name], preset_values(name, "smoke")).seeds)
     assert len(list((root / "train").glob("sdpo-*"))) == 2 * seeds
     with pytest.raises(cfgmod.ConfigError, match="jobs = 0"):
         run(["03"], preset="smoke", out=str(tmp_path), jobs=0)
+
+
+def test_a_notebook_that_reads_another_runs_after_it_in_one_job():
+    from sdlib.runner import chains
+
+    jobs = chains(NOTEBOOKS[1:])  # after 00: 02 reads 01's D_ug and D_sg
+    assert ["01_context_richness", "02_sft_guided_vs_unguided"] in jobs
+    assert sorted(n for job in jobs for n in job) == NOTEBOOKS[1:]
+    assert chains(["02_sft_guided_vs_unguided", "04_fixed_vs_moving_teacher"]) == [
+        ["02_sft_guided_vs_unguided"],
+        ["04_fixed_vs_moving_teacher"],
+    ]
 
 
 def test_bad_parameter_is_named_before_anything_runs(tmp_path):
