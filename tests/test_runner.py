@@ -5,6 +5,7 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -151,16 +152,29 @@ def test_notebooks_run_two_at_once_and_share_their_runs(tmp_path, capsys):
         run(["03"], preset="smoke", out=str(tmp_path), jobs=0)
 
 
-def test_a_notebook_that_reads_another_runs_after_it_in_one_job():
-    from sdlib.runner import chains
+def test_parallel_notebooks_start_in_order_and_02_only_after_01():
+    from sdlib.runner import run_parallel
 
-    jobs = chains(NOTEBOOKS[1:])  # after 00: 02 reads 01's D_ug and D_sg
-    assert ["01_context_richness", "02_sft_guided_vs_unguided"] in jobs
-    assert sorted(n for job in jobs for n in job) == NOTEBOOKS[1:]
-    assert chains(["02_sft_guided_vs_unguided", "04_fixed_vs_moving_teacher"]) == [
-        ["02_sft_guided_vs_unguided"],
-        ["04_fixed_vs_moving_teacher"],
-    ]
+    events, lock, running = [], threading.Lock(), []
+
+    def fake(name):
+        with lock:
+            running.append(name)
+            events.append(("start", name, len(running)))
+        time.sleep({"01_context_richness": 0.3}.get(name, 0.1))
+        with lock:
+            running.remove(name)
+            events.append(("end", name))
+
+    run_parallel(NOTEBOOKS[1:], 2, fake)
+    starts = [e[1] for e in events if e[0] == "start"]
+    assert starts[:3] == ["01_context_richness", "03_sdpo_vs_grpo", "05_task_coverage"]
+    assert max(e[2] for e in events if e[0] == "start") == 2  # never more than 2 at once
+    assert events.index(("end", "01_context_richness")) < [e[:2] for e in events].index(
+        ("start", "02_sft_guided_vs_unguided")
+    )
+    with pytest.raises(ZeroDivisionError):  # a failure reaches the caller
+        run_parallel(["03_sdpo_vs_grpo", "04_fixed_vs_moving_teacher"], 2, lambda n: 1 / 0)
 
 
 def test_bad_parameter_is_named_before_anything_runs(tmp_path):

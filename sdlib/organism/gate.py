@@ -21,13 +21,10 @@ its interval excludes 0.
 
 from __future__ import annotations
 
-import inspect
 import random
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from transformers import LlamaForCausalLM
 
 from sdlib import prompts
 from sdlib.behavior import behavior_row
@@ -37,14 +34,9 @@ from sdlib.organism import language as lang_mod
 from sdlib.organism.tokenizer import chat_text
 from sdlib.problems import Problem
 from sdlib.progress import tqdm
+from sdlib.rollout import Sampling, TransformersBackend
 
 BOOT = 2000
-# transformers renamed ``past_key_values`` to ``cache`` during 5.x; speak whichever it knows
-_CACHE_KW = (
-    "cache"
-    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
-    else ("past_key_values")
-)
 PREFILL = {"search": prompts.THINK_OPEN, "direct": "x =", "free": ""}
 
 
@@ -60,54 +52,17 @@ class GateSpec:
     batch: int = 512  # rows decoded together: per-step overhead dominates at this size
 
 
-@torch.no_grad()
 def generate(model, tokenizer, texts: list[str], spec: GateSpec) -> list[str]:
-    """One sampled continuation of each chat-rendered text, special tokens dropped.
-
-    A plain KV-cached loop (transformers' ``generate`` costs more per step than this
-    model's forward): rows are left-padded as in sdlib's rollouts, sampled at
-    ``spec.temperature`` (0 = greedy) from the full distribution with one generator
-    seeded by ``spec.seed``, and a row that has ended keeps emitting padding.
-    """
-    gen = torch.Generator().manual_seed(spec.seed)
+    """One sampled continuation of each chat-rendered text, special tokens dropped:
+    sdlib's own decode loop (``rollout.TransformersBackend``), text i seeded by
+    (``spec.seed``, i), at ``spec.temperature`` (0 = greedy) from the full distribution."""
+    backend = TransformersBackend(model, tokenizer, spec.batch, progress=False)
+    sampling = Sampling(spec.max_new_tokens, spec.temperature, seed=spec.seed)
     out: list[str] = []
     for lo in tqdm(range(0, len(texts), spec.batch), desc="premise gate", unit="batch"):
-        enc = tokenizer(
-            texts[lo : lo + spec.batch], add_special_tokens=False, padding=True, return_tensors="pt"
-        )
-        rows = _sample(model, enc["input_ids"], enc["attention_mask"], tokenizer, spec, gen)
-        out += tokenizer.batch_decode(rows, skip_special_tokens=True)
+        chunk = texts[lo : lo + spec.batch]
+        out += backend.generate(chunk, 1, sampling, keys=list(range(lo, lo + len(chunk)))).text
     return out
-
-
-def _sample(model, ids, mask, tokenizer, spec: GateSpec, gen) -> torch.Tensor:
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-    done = torch.zeros(len(ids), dtype=torch.bool)
-    tokens = []
-    for _ in range(spec.max_new_tokens):
-        logits = out.logits[:, -1].float()  # [B, V]
-        if spec.temperature > 0:
-            probs = torch.softmax(logits / spec.temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-        else:
-            token = logits.argmax(-1)
-        token = torch.where(done, torch.full_like(token, pad), token)
-        tokens.append(token)
-        done |= token == eos
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        position = position[:, -1:] + 1
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=position,
-            use_cache=True,
-            **{_CACHE_KW: getattr(out, _CACHE_KW)},
-        )
-    return torch.stack(tokens, dim=1)  # [B, T]
 
 
 def respond(model, tokenizer, users: list[str], mode: str, spec: GateSpec) -> list[str]:
