@@ -154,6 +154,7 @@ def sdlib_config(args, algo: str, dtype: str, **over) -> TrainConfig:
         "device": args.device,
         "seed": args.seed,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "track_kl": False,  # TRL at beta 0 computes no KL to the initial policy: no extra forward
         **over,
     }
     return from_dict(TrainConfig, values)

@@ -10,11 +10,13 @@ so the teacher reads about 2L). Each measurement runs in a fresh process under a
 cap (``--memory-gib``, below the machine's): a framework that needs more gets an
 allocation error, recorded as "out of memory", and the sweep goes on.
 
-Per measurement: one warm-up update, then one timed update (SDPO: the teacher forward
-and the update; TRL computes its teacher inside ``compute_loss``). Peak = resident-set
-growth during the timed update (bench/_common.py). sdlib's teacher share = its teacher
-forward / (teacher forward + update). One measurement per cell: on this machine repeated
-updates differ by a few percent (bench/vs_trl.py's pairs), far less than the ratios here.
+Per measurement: one warm-up update, then one timed update (SDPO: teacher forward and
+update; TRL computes its teacher inside ``compute_loss`` too). sdlib's ``track_kl`` (an extra
+forward for the KL to the initial policy, which TRL at beta 0 does not compute) is off. Peak
+= resident-set growth during the timed update (bench/_common.py). sdlib's teacher share = its
+teacher forwards (the body only; both heads run in the loss) / the whole update. One
+measurement per cell: on this machine repeated updates differ by a few percent
+(bench/vs_trl.py's pairs), far less than most ratios here.
 
     python bench/vs_trl_sweep.py                       # CPU: ~25 min on 2 cores
     python bench/vs_trl_sweep.py --lengths 48 256 --vocabs 49152 --algos sdpo  # a slice
@@ -99,7 +101,7 @@ def write_batch(b, tokenizer, path: Path) -> None:
 def measure(cell: dict, args) -> dict:
     """One cell in this (fresh) process: warm-up update, timed update, peak memory."""
     b = bench_args(cell, args)
-    cfg = vs_trl.sdlib_config(b, cell["algo"], b.dtype)
+    cfg = vs_trl.sdlib_config(b, cell["algo"], b.dtype)  # track_kl off, as TRL at beta 0
     policy = core.load_training_policy(cfg)
     vs_trl.perturb_lora(policy.model, 0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,11 +120,11 @@ def sdlib_update(b, cfg, policy, path: Path) -> dict:
         sb = vs_trl.load_step_batch(b, path, policy.tokenizer)
         base = reset_peak(b.device)
         t0 = clock(b.device)
-        algo.prepare(sb)  # SDPO: the teacher forward
-        t1 = clock(b.device)
+        algo.prepare(sb)
         loop.update_phase(algo, policy.model, sb, opt, sched, cfg)
-        t2 = clock(b.device)
-        out = {"seconds": t2 - t0, "teacher_s": t1 - t0, "peak": peak_bytes(b.device) - base}
+        seconds = clock(b.device) - t0
+        teacher = getattr(algo, "teacher_seconds", 0.0)  # SDPO: its teacher forwards
+        out = {"seconds": seconds, "teacher_s": teacher, "peak": peak_bytes(b.device) - base}
     return {**out, "tokens": sum(sb.rollouts.lengths)}
 
 
