@@ -228,10 +228,6 @@ def run_parallel(names: list[str], jobs: int, run_one) -> None:
 
 def _in_parallel(step: _Step, names: list[str], jobs: int) -> None:
     """``step`` each notebook, ``jobs`` at a time, kernels on their share of the cores."""
-    if jobs == 1:
-        for name in names:
-            step(name)
-        return
     logs = {n: step.root / "notebooks" / f"{n}.log" for n in names}
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), WAIT_FOR_LOCKS: "1"}
     saved = {k: os.environ.get(k) for k in env}
