@@ -81,7 +81,7 @@ def main(argv=None) -> None:
             cfg, training.config(cfg, algo, ["synthetic:word_problem:1:64"], train)
         )
         m = run.metrics
-        after = evaluate_policy(cfg, f"{algo}-final", held_out, adapter=run.adapter)
+        after = evaluate_policy(cfg, f"{algo}-final", held_out, adapter=run.weights)
         half = max(1, len(m) // 2)
         rows.append(
             [

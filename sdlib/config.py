@@ -49,7 +49,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     of the registry that holds the implementations. Read when a schema is validated, not
     when this module is imported, so importing config stays light (no torch)."""
     from sdlib.losses import AGGREGATIONS, DISTILLATION_LOSSES
-    from sdlib.models import DTYPES, TEACHERS
+    from sdlib.models import DTYPES, FINETUNE, TEACHERS
     from sdlib.rollout import BACKENDS
     from sdlib.train import ALGORITHMS, LOGGERS
     from sdlib.train.onpolicy import ROLLOUT_IS
@@ -57,6 +57,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {
         "algo": tuple(ALGORITHMS),
         "teacher": tuple(TEACHERS),
+        "finetune": FINETUNE,
         "backend": tuple(BACKENDS),
         "thinking": tuple(THINKING),
         "dtype": tuple(DTYPES),
@@ -134,6 +135,7 @@ RANGES = {
     "top_p": _range(0, 1, low_open=True),
     "eval_top_p": _range(0, 1, low_open=True),
     "lr": _range(0, low_open=True),
+    "lora_lr_scale": _range(0, low_open=True),
     "lora_dropout": _range(0, 1, high_open=True),
     "eps_low": _range(0, 1, high_open=True),
     "is_clip": _range(0, low_open=True, zero=True),
@@ -192,7 +194,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """``sdlib train sft|grpo|sdpo``: one LoRA training run, written to ``out``.
+    """``sdlib train sft|grpo|sdpo``: one training run (LoRA or every weight), written to
+    ``out``.
 
     Batch sizes count prompts, as in the reference runs: each step samples
     ``prompts_per_step`` problems, ``rollouts_per_prompt`` responses each, and makes
@@ -211,6 +214,17 @@ class TrainConfig:
     prompts_per_update: int = doc("problems per optimizer update (mini-batch); 0 = all", 0)
     micro_batch: int = doc("sequences per forward/backward (gradient accumulation)", 8)
     lr: float = doc("AdamW learning rate (paper: GRPO 1e-6, SDPO 1e-5 on full weights)", 1e-4)
+    finetune: str = doc(
+        "lora (an adapter of rank lora_r), full (every weight, as the reference; float32 "
+        "master weights below 32 bits) or auto (full when it takes at most half the "
+        "device's memory, else lora)",
+        "lora",
+    )
+    lora_lr_scale: float = doc(
+        "with LoRA the learning rate is lr x this (LoRA usually wants about 10x full "
+        "fine-tuning's rate; one factor for GRPO and SDPO keeps their ratio)",
+        1.0,
+    )
     weight_decay: float = doc("AdamW weight decay", 0.01)
     warmup_steps: int = doc("linear warm-up, in optimizer updates; constant afterwards", 0)
     grad_clip: float = doc("clip the global gradient norm to this; 0 = off", 1.0)
@@ -266,7 +280,10 @@ class TrainConfig:
         "topk-tail",
     )
     is_clip: float = doc("clip of the detached per-token ratio pi / pi_old; 0 = no weight", 2.0)
-    teacher: str = doc("initial (adapter off, the frozen start), live or ema", "initial")
+    teacher: str = doc(
+        "initial (the frozen start: LoRA off, or a copy of the initial weights), live or ema",
+        "initial",
+    )
     ema_rate: float = doc(
         "EMA teacher update rate, applied once per step (after its updates)", 0.05
     )
@@ -298,6 +315,11 @@ class TrainConfig:
             raise ConfigError(
                 f"prompts_per_step = {self.prompts_per_step} is not a multiple of "
                 f"prompts_per_update = {self.prompts_per_update}"
+            )
+        if self.load_in_4bit and self.finetune != "lora":
+            raise ConfigError(
+                f"finetune = {self.finetune!r} with load_in_4bit: 4-bit weights cannot be "
+                f"trained; use finetune: lora, or load_in_4bit: false"
             )
         self._check_distillation()
 

@@ -8,9 +8,12 @@ Specs:
     <hub id>                        e.g. ``deepseek-ai/DeepSeek-R1-Distill-Qwen-7B``; must be in
                                     the local Hugging Face cache when offline
 
-The teacher views of SDPO need no second model (``TEACHERS``): with a LoRA policy,
-``initial_policy(model)`` disables the adapter, which *is* the frozen initial policy, at no
-extra memory; an EMA teacher is a second, frozen adapter on the same base.
+A policy is trained as a LoRA adapter or on every weight (``FINETUNE``). The teacher views
+of SDPO need no second model (``TEACHERS``): with a LoRA policy, ``initial_policy(model)``
+disables the adapter, which *is* the frozen initial policy, at no extra memory; with full
+fine-tuning it runs the model on a kept copy of the initial weights (``WeightCopy``). An
+EMA teacher is a copy of the trainable weights (the adapter, or every weight) that
+follows the policy.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ DTYPES = {
     "fp64": torch.float64,  # for exact comparisons in tests
 }
 TINY_RANDOM_CONTEXT = 4096
+# What ``TrainConfig.finetune`` chooses from: an adapter, every weight, or whichever of the
+# two the device holds (``resolve_finetune``).
+FINETUNE = ("lora", "full", "auto")
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -92,19 +98,27 @@ def load_policy(
 ) -> Policy:
     """Load ``spec`` with weights in ``dtype`` (set at load time, so rotary buffers keep
     their precision), move it to ``device``, then attach a fresh LoRA (``lora``) or a saved
-    one (``adapter``, a folder written by peft)."""
+    one (``adapter``, a folder written by peft). ``adapter`` may also be a fully fine-tuned
+    checkpoint (``is_full_weights``): its weights then replace the base's, the tokenizer
+    staying ``spec``'s."""
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"model spec must be a non-empty string, got {spec!r}")
     torch_dtype = resolve_dtype(dtype)
-    if spec.startswith("tiny-random:"):
+    weights = None
+    if adapter is not None and is_full_weights(adapter):
+        weights, adapter = str(adapter), None
+    if spec.startswith("tiny-random:") and weights is None:
         model, tok = _tiny_random(spec, torch_dtype)
     else:
-        path = local_folder(spec)
+        path = weights or local_folder(spec)
         kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
         if load_in_4bit:
             kwargs["quantization_config"] = _four_bit_config(torch_dtype)
             kwargs["device_map"] = {"": device}
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if weights is None:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        else:
+            tok, kwargs["use_safetensors"] = load_tokenizer(spec, trust_remote_code), True
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not load_in_4bit:
         model = model.to(device)
@@ -114,6 +128,13 @@ def load_policy(
         model.config.use_cache = False
     model = _attach_adapter(model, lora, adapter, load_in_4bit)
     return Policy(model=model, tokenizer=tok, spec=spec, meta={"dtype": str(torch_dtype)})
+
+
+def is_full_weights(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole model as ``save_pretrained`` writes it (config.json
+    and safetensors weights): a fully fine-tuned checkpoint rather than a LoRA adapter."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and any(folder.glob("model*.safetensors"))
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False):
@@ -221,10 +242,19 @@ def _tiny_random(spec: str, dtype: torch.dtype):
     16 below width 256), a head over V tokens (default: the bundled tokenizer's 49,152; a
     larger V, such as Qwen's 151,936, gives the cost of a large head, the tokenizer still
     writing only its own ids), weights from a fixed seed."""
-    layers, hidden, vocab = tiny_random_shape(spec)
     tok = load_tokenizer(DEFAULT_MODEL)
+    config = _tiny_random_config(spec, dtype, tok)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(dtype)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval(), tok
+
+
+def _tiny_random_config(spec: str, dtype: torch.dtype, tok) -> LlamaConfig:
+    layers, hidden, vocab = tiny_random_shape(spec)
     heads = hidden // 64 if hidden >= 256 else hidden // 16
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -238,11 +268,6 @@ def _tiny_random(spec: str, dtype: torch.dtype):
         pad_token_id=tok.pad_token_id,
         dtype=dtype,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(dtype)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model.eval(), tok
 
 
 def _four_bit_config(compute_dtype: torch.dtype):
@@ -288,18 +313,91 @@ def _attach_adapter(model, lora: LoraSpec | None, adapter, four_bit: bool):
         return peft.get_peft_model(model, config)
 
 
+class WeightCopy:
+    """A detached copy of a model's trainable weights that can stand in for them.
+
+    ``view(model)`` runs the model on the copy: each module's parameter entry points at the
+    copy inside the context and at the live Parameter again on exit, so an autograd graph
+    built before the view keeps its own tensors (swapping ``.data`` instead would let a
+    later backward read the copy). A tensor shared by several modules (tied embeddings) is
+    copied once and stands in wherever it appears. ``blend`` moves the copy towards the
+    live weights: theta_c <- (1 - rate) theta_c + rate theta.
+    """
+
+    def __init__(self, model):
+        names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+        self.tensors = {
+            n: torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        }
+        self.slots = [
+            (module, attr, names[id(p)])
+            for module in model.modules()
+            for attr, p in module._parameters.items()
+            if p is not None and id(p) in names
+        ]
+
+    @contextlib.contextmanager
+    def view(self, model):
+        live = [(module, attr, module._parameters[attr]) for module, attr, _ in self.slots]
+        for module, attr, name in self.slots:
+            module._parameters[attr] = self.tensors[name]
+        try:
+            yield model
+        finally:
+            for module, attr, p in live:
+                module._parameters[attr] = p
+
+    @torch.no_grad()
+    def blend(self, model, rate: float) -> None:
+        live = dict(model.named_parameters())
+        for name, copy in self.tensors.items():
+            copy.mul_(1 - rate).add_(live[name].to(copy.dtype), alpha=rate)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().clone() for n, t in self.tensors.items()}
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        if state.keys() != self.tensors.keys():
+            raise ValueError(
+                "the checkpoint's teacher weights do not match this model's trainable "
+                "weights (a checkpoint of another finetune mode or older code); use a new "
+                "out folder"
+            )
+        for n, value in state.items():
+            self.tensors[n].copy_(value)
+
+
+_INITIAL = "_sdlib_initial_weights"
+
+
+def keep_initial(model) -> None:
+    """Keep a copy of ``model``'s weights as they are now, for ``initial_policy`` (full
+    fine-tuning: nothing else remembers where the policy started)."""
+    setattr(model, _INITIAL, WeightCopy(model))
+
+
 @contextlib.contextmanager
 def initial_policy(model):
-    """Run the model as it was before training: the LoRA adapter switched off.
+    """Run the model as it was before training: the LoRA adapter switched off, or (full
+    fine-tuning) the weights ``keep_initial`` copied at the start.
 
     With LoRA the base weights never change, so this is exactly the frozen initial policy
-    (the study's SDPO teacher, update rate 0). A model without an adapter is returned as is.
+    (the study's SDPO teacher, update rate 0), at no extra memory.
     """
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             yield model
+    elif (initial := getattr(model, _INITIAL, None)) is not None:
+        with initial.view(model):
+            yield model
     else:
-        yield model
+        raise RuntimeError(
+            "this model has no LoRA adapter and kept no copy of its initial weights; "
+            "call sdlib.models.keep_initial(model) before training it"
+        )
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -343,6 +441,37 @@ def model_limits(spec: str) -> tuple[int, int]:
     return config.vocab_size, context
 
 
+def parameter_count(spec: str) -> int:
+    """How many weights ``spec`` has, from its config alone (built on the meta device)."""
+    from transformers import AutoConfig
+
+    if spec.startswith("tiny-random:"):
+        config = _tiny_random_config(spec, torch.float32, load_tokenizer(DEFAULT_MODEL))
+    else:
+        config = AutoConfig.from_pretrained(local_folder(spec))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def full_finetune_bytes(weights: int, dtype: torch.dtype, copies: int) -> int:
+    """Memory that full fine-tuning of ``weights`` weights in ``dtype`` holds before any
+    activation: weights and gradients in ``dtype``, AdamW's two moments, float32 master
+    weights below 32 bits (``core.MasterAdamW``), and ``copies`` frozen copies (the
+    initial policy, the EMA teacher)."""
+    size = torch.finfo(dtype).bits // 8
+    master = 4 if size < 4 else 0
+    moments = 2 * (4 if master else size)
+    return weights * (size * (2 + copies) + master + moments)
+
+
+def device_memory(device: str) -> int:
+    """Bytes of memory of ``device``: the GPU's, or this machine's RAM for the CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def check_device(device: str) -> None:
     """A clear error for a device this machine does not have, before anything loads."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -373,7 +502,8 @@ def check_limits(spec: str, max_new_tokens: int, topk: int = 0) -> None:
 
 
 class InitialTeacher:
-    """The LoRA adapter disabled: exactly the frozen initial policy (update rate 0), free.
+    """The frozen initial policy (update rate 0): the LoRA adapter disabled (free), or with
+    full fine-tuning the copy of the initial weights (``initial_policy``).
 
     Every teacher: ``view(model)`` is a context in which the model computes the teacher's
     distribution; ``update(model)`` runs once per step, after its last optimizer update (the
@@ -405,53 +535,30 @@ class LiveTeacher(InitialTeacher):
 
 
 class EMATeacher(InitialTeacher):
-    """theta_T <- (1 - rate) theta_T + rate theta once per step, as a second adapter.
+    """theta_T <- (1 - rate) theta_T + rate theta once per step: a ``WeightCopy`` of the
+    trainable weights (the LoRA factors, or every weight) that stands in for them in the
+    teacher's view.
 
-    LoRA A and B are averaged separately, so the teacher's weight delta is B_T A_T, *not*
-    the EMA of the merged deltas B A (the product is bilinear). At rate 0 it stays the LoRA
-    init (B = 0): the initial policy, as in the paper. A second adapter rather than swapped
-    weights, so the student's autograd graph keeps its own tensors.
+    With LoRA, A and B are averaged separately, so the teacher's weight delta is B_T A_T,
+    *not* the EMA of the merged deltas B A (the product is bilinear). At rate 0 it stays
+    the start (LoRA: B = 0): the initial policy, as in the paper.
     """
-
-    NAME = "ema"
 
     def __init__(self, model, rate: float = 0.05):
         super().__init__(model, rate)
-        model.add_adapter(self.NAME, model.peft_config["default"])
-        model.set_adapter("default")
-        params = dict(model.named_parameters())
-        self.params = {n: p for n, p in params.items() if f".{self.NAME}." in n}
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(params[self._live(n)])
-                p.requires_grad_(False)
+        self.copy = WeightCopy(model)
 
-    def _live(self, name: str) -> str:
-        return name.replace(f".{self.NAME}.", ".default.")
-
-    @contextlib.contextmanager
     def view(self, model):
-        model.set_adapter(self.NAME)
-        try:
-            yield model
-        finally:
-            model.set_adapter("default")  # set_adapter marks the active adapter trainable
-            for p in self.params.values():
-                p.requires_grad_(False)
+        return self.copy.view(model)
 
     def update(self, model) -> None:
-        live = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.mul_(1 - self.rate).add_(live[self._live(name)], alpha=self.rate)
+        self.copy.blend(model, self.rate)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.params.items()}
+        return self.copy.state()
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for n, value in state.items():
-                self.params[n].copy_(value)
+        self.copy.load_state(state)
 
 
 TEACHERS = {"initial": InitialTeacher, "live": LiveTeacher, "ema": EMATeacher}

@@ -97,18 +97,10 @@ def notebook_cost(name: str, cfg, eval_problems: int, mean: float | None = None)
 
 def model_params(spec: str) -> float:
     """Parameters of ``spec``: from its config when on this machine, else from its name."""
-    if spec.startswith("tiny-random:"):
-        layers, hidden = (int(v) for v in spec.removeprefix("tiny-random:").split("x"))
-        return layers * 12 * hidden * hidden + 49152 * hidden
     try:
-        from transformers import AutoConfig
+        from sdlib.models import parameter_count
 
-        from sdlib.models import local_folder
-
-        c = AutoConfig.from_pretrained(local_folder(spec))
-        c = getattr(c, "text_config", None) or c
-        h, layers, ffn = c.hidden_size, c.num_hidden_layers, c.intermediate_size
-        return layers * (4 * h * h + 3 * h * ffn) + c.vocab_size * h
+        return float(parameter_count(spec))
     except Exception:  # not on this machine, or no transformer config: read the name
         found = re.search(r"(\d+(?:\.\d+)?)\s*[Bb](?![a-z])", spec)
         if not found:

@@ -364,9 +364,22 @@ class TransformersBackend:
         return list(zip(tokens, logps, reasons, strict=True))
 
 
+class VLLMWeightLoader:
+    """A vLLM worker extension (``worker_extension_cls``): ``sdlib_load_weights(folder)``
+    reads the safetensors files a trainer wrote (no pickle) into the engine's model, so a
+    fully fine-tuned policy is served without restarting the engine."""
+
+    def sdlib_load_weights(self, folder: str) -> None:
+        from safetensors.torch import load_file
+
+        for file in sorted(Path(folder).glob("*.safetensors")):
+            self.model_runner.model.load_weights(weights=load_file(file).items())
+
+
 class VLLMBackend:
     """vLLM on GPU. ``engine`` is a ``vllm.LLM``; pass one in (tests use a fake) or let
-    ``from_model`` build it. LoRA adapters are served through ``LoRARequest``s."""
+    ``from_model`` build it. LoRA adapters are served through ``LoRARequest``s; fully
+    fine-tuned weights are loaded into the engine (``load_weights``)."""
 
     def __init__(self, engine, tokenizer, lora_path: str | None = None, lora_id: int = 1):
         self.engine, self.tokenizer = engine, tokenizer
@@ -383,6 +396,8 @@ class VLLMBackend:
         max_lora_rank: int = 64,
         gpu_memory_utilization: float = 0.5,
         max_model_len: int | None = None,
+        tokenizer_path: str | None = None,
+        lora: bool = True,
     ):
         try:
             import vllm
@@ -393,9 +408,11 @@ class VLLMBackend:
             ) from err
         engine = vllm.LLM(
             model=model_path,
+            tokenizer=tokenizer_path,
             dtype=dtype,
-            enable_lora=True,
+            enable_lora=lora,
             max_lora_rank=max_lora_rank,
+            worker_extension_cls=f"{__name__}.VLLMWeightLoader",
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
@@ -411,6 +428,12 @@ class VLLMBackend:
         """Serve the LoRA adapter saved at ``path`` from now on. vLLM caches adapters by
         id, so each new version gets a new id (the trainer calls this every step)."""
         self.lora_path, self.lora_id = str(path), self.lora_id + 1
+
+    def load_weights(self, folder: str | Path) -> None:
+        """Serve the whole model saved at ``folder`` (safetensors) from now on; the prefix
+        cache is dropped, since its keys and values came from the old weights."""
+        self.engine.collective_rpc("sdlib_load_weights", args=(str(folder),))
+        self.engine.reset_prefix_cache()
 
     def sampling_params(self, n: int, s: Sampling, seed: int):
         from vllm import SamplingParams

@@ -195,14 +195,15 @@ class RunFolder:
         return None
 
     def save_checkpoint(self, step: int, model, tensors: dict, state: dict) -> Path:
-        """``checkpoints/step_N``: the peft adapter (when the model has one), ``tensors``
-        in safetensors, ``state`` in JSON, and the manifest; built aside, renamed whole."""
+        """``checkpoints/step_N``: the weights (``adapter/``, peft's, for a LoRA policy, or
+        ``model/``, the whole model), ``tensors`` in safetensors, ``state`` in JSON, and the
+        manifest; built aside, renamed whole."""
         target = self.path / CHECKPOINTS / f"step_{step}"
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp / "adapter")
+            model.save_pretrained(tmp / ("adapter" if hasattr(model, "peft_config") else "model"))
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
             tmp / "state.safetensors",
@@ -221,6 +222,12 @@ class RunFolder:
         return load_file(folder / "state.safetensors"), json.loads(
             (folder / "state.json").read_text()
         )
+
+
+def weights_folder(checkpoint: Path) -> Path:
+    """A checkpoint's weights: its LoRA ``adapter/`` or its whole ``model/``."""
+    adapter = Path(checkpoint) / "adapter"
+    return adapter if adapter.is_dir() else Path(checkpoint) / "model"
 
 
 def _sha256(path: Path) -> str:

@@ -265,3 +265,30 @@ def test_an_evaluated_adapter_decodes_merged_and_as_the_unmerged_model_does(tmp_
     assert merged.token_ids == unmerged.generate(texts, 2, greedy).token_ids
     for a, b in zip(merged.logprobs, unmerged.generate(texts, 2, greedy).logprobs, strict=True):
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+
+
+def test_a_fully_fine_tuned_checkpoint_is_evaluated_with_its_own_weights(tmp_path):
+    import torch
+
+    from sdlib.config import OnPolicyConfig, from_dict
+    from sdlib.experiments.evaluation import LazyBackend
+    from sdlib.models import load_policy
+    from sdlib.rollout import TransformersBackend
+
+    trained = load_policy("tiny-random:2x64")
+    torch.manual_seed(0)
+    with torch.no_grad():  # every weight moved, the tied head and embedding with them
+        for p in trained.model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    trained.model.save_pretrained(tmp_path / "model")
+    cfg = from_dict(OnPolicyConfig, {"model": "tiny-random:2x64", "out": str(tmp_path)})
+    texts = ["What is 3 + 4?", "Compute 12 - 5."]
+    greedy = Sampling(12, temperature=0)
+    got = LazyBackend(cfg, str(tmp_path / "model")).generate(texts, 2, greedy)
+    want = TransformersBackend(trained.model, trained.tokenizer, 8, False).generate(
+        texts, 2, greedy
+    )
+    base = LazyBackend(cfg, None).generate(texts, 2, greedy)
+    assert got.token_ids == want.token_ids != base.token_ids
+    for a, b in zip(got.logprobs, want.logprobs, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5

@@ -189,10 +189,10 @@ def test_a_damaged_final_adapter_is_not_a_finished_run(tmp_path, whole, graded):
     adapter.write_bytes(adapter.read_bytes()[:-10])
     unfinished = pytest.raises(FileNotFoundError, match="not finished or its final checkpoint")
     with pytest.warns(UserWarning, match="adapter_model.safetensors has"), unfinished:
-        _ = Trained(RunFolder(tmp_path), cfg).adapter
+        _ = Trained(RunFolder(tmp_path), cfg).weights
     with pytest.warns(UserWarning, match="adapter_model.safetensors has"):
         train(cfg)  # resumes from step 2 and writes step 4 again
-    assert Trained(RunFolder(tmp_path), cfg).adapter.is_dir()
+    assert Trained(RunFolder(tmp_path), cfg).weights.is_dir()
     assert_same_run(tmp_path, whole, 4)
 
 

@@ -241,3 +241,44 @@ def test_vllm_engine_records_log_probs_after_temperature(tiny, monkeypatch):
     backend = VLLMBackend.from_model("some/model", tiny.tokenizer)
     assert backend.engine == "engine" and seen["logprobs_mode"] == "processed_logprobs"
     assert seen["enable_lora"] is True
+
+
+def test_vllm_serves_fully_fine_tuned_weights_read_from_safetensors(tiny, tmp_path, monkeypatch):
+    # the trainer writes the whole model each step; the engine's workers read it back
+    # (safetensors, no pickle) and the prefix cache of the old weights is dropped
+    import sys
+    import types
+
+    import torch
+
+    from sdlib.rollout import VLLMWeightLoader
+    from sdlib.train.onpolicy import sync_backend
+
+    seen = {}
+    monkeypatch.setitem(
+        sys.modules, "vllm", types.SimpleNamespace(LLM=lambda **kw: seen.update(kw))
+    )
+    VLLMBackend.from_model("some/model", tiny.tokenizer, lora=False)
+    assert seen["enable_lora"] is False
+    module, name = seen["worker_extension_cls"].rsplit(".", 1)
+    assert getattr(sys.modules[module], name) is VLLMWeightLoader
+
+    loaded = {}
+    worker = VLLMWeightLoader()
+    worker.model_runner = types.SimpleNamespace(
+        model=types.SimpleNamespace(load_weights=lambda weights: loaded.update(weights))
+    )
+
+    class Engine(FakeEngine):
+        def collective_rpc(self, method, args=()):
+            self.calls.append(("rpc", method))
+            getattr(worker, method)(*args)
+
+        def reset_prefix_cache(self):
+            self.calls.append(("reset",))
+
+    engine = Engine()
+    sync_backend(VLLMBackend(engine, tiny.tokenizer), tiny.model, tmp_path)
+    assert engine.calls == [("rpc", "sdlib_load_weights"), ("reset",)]
+    state = tiny.model.state_dict()
+    assert loaded and all(torch.equal(value, state[name]) for name, value in loaded.items())

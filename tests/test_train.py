@@ -172,32 +172,148 @@ def test_masked_samples_contribute_nothing(tmp_path):
         assert torch.allclose(g_all[n], g_again[n], atol=1e-8)
 
 
-def test_initial_teacher_is_the_untrained_model(tmp_path):
-    cfg = cfg_for(tmp_path, algo="sdpo")
+def perturb_weights(model, finetune: str) -> None:
+    """Move the policy away from its start: LoRA's B factors, or every weight."""
+    if finetune == "lora":
+        return perturb_adapter(model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_initial_teacher_is_the_untrained_model(tmp_path, finetune):
+    cfg = cfg_for(tmp_path, algo="sdpo", finetune=finetune)
     policy, _ = step_batch(cfg, [0] * 8)
     ids = torch.tensor([[1, 400, 500, 600, 700]])
     with torch.no_grad():
         before = policy.model(ids).logits
-        perturb_adapter(policy.model)
+        perturb_weights(policy.model, finetune)
         assert not torch.allclose(policy.model(ids).logits, before, atol=1e-4)
         with initial_policy(policy.model):
             assert torch.allclose(policy.model(ids).logits, before, atol=1e-6)
+        assert not torch.allclose(policy.model(ids).logits, before, atol=1e-4)  # put back
 
 
-def test_ema_teacher_tracks_the_policy_at_its_rate(tmp_path):
-    cfg = cfg_for(tmp_path, algo="sdpo", teacher="ema", ema_rate=0.25)
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_ema_teacher_tracks_the_policy_at_its_rate(tmp_path, finetune):
+    cfg = cfg_for(tmp_path, algo="sdpo", teacher="ema", ema_rate=0.25, finetune=finetune)
     policy, _ = step_batch(cfg, [0] * 8)
     algo = SDPO(cfg, policy, [])
-    params = dict(policy.model.named_parameters())
-    ema = algo.teacher.params
-    name = next(n for n in ema if "lora_A" in n)
-    start = ema[name].detach().clone()
-    live = params[name.replace(".ema.", ".default.")]
+    live = {n: p for n, p in policy.model.named_parameters() if p.requires_grad}
+    ema = algo.teacher.copy.tensors
+    assert ema.keys() == live.keys()  # the adapter's factors, or every weight
+    start = {n: t.detach().clone() for n, t in ema.items()}
     with torch.no_grad():
-        live.add_(1.0)
+        for p in live.values():
+            p.add_(1.0)
     algo.after_step(policy.model)
-    assert torch.allclose(ema[name], 0.75 * start + 0.25 * live.detach())
-    assert not any(p.requires_grad for p in ema.values())
+    for n in live:
+        assert torch.allclose(ema[n], 0.75 * start[n] + 0.25 * live[n].detach()), n
+    assert not any(t.requires_grad for t in ema.values())
+    ids = torch.tensor([[1, 400, 500, 600, 700]])
+    with torch.no_grad(), algo.teacher.view(policy.model):
+        teacher = policy.model(ids).logits
+        lm_head = core.unwrap(policy.model).get_output_embeddings().weight
+        embedding = core.unwrap(policy.model).get_input_embeddings().weight
+        assert lm_head is embedding  # tied weights stay tied inside the view
+    with torch.no_grad():  # the same numbers as the blended weights loaded into the model
+        for n, p in live.items():
+            p.copy_(ema[n])
+        assert torch.allclose(policy.model(ids).logits, teacher, atol=1e-6)
+
+
+def test_a_teacher_view_leaves_the_students_gradient_alone(tmp_path):
+    # the view replaces each module's parameter entry, not its .data: a backward after
+    # the view must still read the live weights the student's forward used
+    cfg = cfg_for(tmp_path, algo="sdpo", teacher="ema", finetune="full", dtype="fp64")
+    policy, _ = step_batch(cfg, [0] * 8)
+    algo = SDPO(cfg, policy, [])
+    perturb_weights(policy.model, "full")  # the live weights now differ from the copy
+    ids = torch.tensor([[1, 400, 500, 600, 700]])
+
+    def gradient(with_view: bool):
+        policy.model.zero_grad(set_to_none=True)
+        loss = policy.model(ids).logits.logsumexp(-1).sum()
+        if with_view:
+            with torch.no_grad(), algo.teacher.view(policy.model):
+                policy.model(ids)
+        loss.backward()
+        return grads(policy.model)
+
+    plain, viewed = gradient(False), gradient(True)
+    assert plain.keys() == viewed.keys() and len(plain) == len(list(policy.model.parameters()))
+    for n in plain:
+        assert torch.equal(plain[n], viewed[n]), n
+
+
+def test_master_weights_take_the_steps_bf16_weights_round_away():
+    # the reference's full fine-tuning rate on bf16 weights: plain AdamW moves no weight,
+    # MasterAdamW's float32 masters follow a float32 AdamW on the same gradients exactly
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(64, 32, generator=gen)
+    gradients = [torch.randn(64, 32, generator=gen).bfloat16() for _ in range(5)]
+    kw = {"lr": 1e-6, "weight_decay": 0.01}
+    plain = torch.nn.Parameter(start.bfloat16())
+    mixed = torch.nn.Parameter(start.bfloat16())
+    exact = torch.nn.Parameter(start.bfloat16().float())
+    optimizers = [
+        torch.optim.AdamW([plain], **kw),
+        core.MasterAdamW([mixed], **kw),
+        torch.optim.AdamW([exact], **kw),
+    ]
+    for g in gradients:
+        for param, opt in zip((plain, mixed, exact), optimizers, strict=True):
+            opt.zero_grad()
+            param.grad = g.to(param.dtype)
+            opt.step()
+    assert torch.equal(plain, start.bfloat16())  # every update rounded away
+    (master,) = optimizers[1].masters
+    assert not torch.equal(master, start.bfloat16().float())
+    assert torch.equal(master, exact.detach())
+    assert torch.equal(mixed.detach(), master.bfloat16())
+    optimizers[1].zero_grad()
+    assert mixed.grad is None and master.grad is None  # the model's gradients too
+
+
+def test_full_finetuning_memory_is_what_the_estimate_counts():
+    from sdlib.models import full_finetune_bytes, keep_initial, load_policy
+
+    model = load_policy("tiny-random:2x64", dtype="bf16").model
+    keep_initial(model)  # one frozen copy
+    opt = core.MasterAdamW(list(model.parameters()), lr=1e-5)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for p in model.parameters():  # step cleared nothing: the gradients are still held
+        p.grad = torch.ones_like(p)
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters()), *opt.masters]
+    tensors += [v for state in opt.state.values() for k, v in state.items() if k != "step"]
+    tensors += list(model._sdlib_initial_weights.tensors.values())
+    held = sum(t.numel() * t.element_size() for t in tensors)
+    weights = sum(p.numel() for p in model.parameters())
+    assert held == full_finetune_bytes(weights, torch.bfloat16, copies=1)
+
+
+@pytest.mark.parametrize("memory, choice", [(2**40, "full"), (2**20, "lora")])
+def test_finetune_auto_takes_every_weight_only_when_the_device_holds_them(
+    tmp_path, monkeypatch, capsys, memory, choice
+):
+    from sdlib import models
+
+    monkeypatch.setattr(models, "device_memory", lambda device: memory)
+    cfg = core.resolve_finetune(cfg_for(tmp_path, algo="sdpo", finetune="auto"))
+    assert cfg.finetune == choice
+    assert f"finetune auto -> {choice}" in capsys.readouterr().out
+
+
+def test_the_lora_learning_rate_scale_applies_to_lora_only(tmp_path):
+    for finetune, lr in (("lora", 0.05), ("full", 0.01)):
+        cfg = cfg_for(tmp_path, algo="grpo", finetune=finetune, lr=0.01, lora_lr_scale=5.0)
+        policy = core.load_training_policy(cfg)
+        opt, _ = core.make_optimizer(policy.model, cfg)
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr)
 
 
 def test_grpo_advantages_and_clipping_on_a_hand_built_group(tmp_path):
@@ -247,15 +363,22 @@ def test_metrics_rows_carry_exactly_the_documented_keys(tmp_path, monkeypatch, a
     assert (run.path / "checkpoints" / "step_1" / "adapter").is_dir()
 
 
-@pytest.mark.parametrize("algo", ["sdpo", "grpo"])
-def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, algo):
+@pytest.mark.parametrize(
+    "algo, extra",
+    [
+        ("sdpo", {}),
+        ("grpo", {}),
+        ("sdpo", {"finetune": "full", "teacher": "ema", "dtype": "bf16", "lr": 1e-4}),
+    ],
+)
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, algo, extra):
     from sdlib.train import train
 
     monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
-    whole = cfg_for(tmp_path / "a", algo=algo, steps=3)
+    whole = cfg_for(tmp_path / "a", algo=algo, steps=3, **extra)
     train(whole)
 
-    part = cfg_for(tmp_path / "b", algo=algo, steps=3)
+    part = cfg_for(tmp_path / "b", algo=algo, steps=3, **extra)
     calls = {"n": 0}
     real_step = loop.one_step
 
@@ -285,6 +408,12 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch,
     assert sa.keys() == sb.keys() and any(k.startswith(".trainable.") for k in sa)
     for n in sa:
         assert torch.equal(sa[n], sb[n]), n
+    if extra:  # every weight, its float32 master and the EMA copy; the model for eval
+        assert any(k.startswith(".masters.") for k in sa)
+        assert sum(k.startswith(".trainable.") for k in sa) == len(
+            list(core.load_training_policy(whole).model.parameters())
+        )
+        assert (tmp_path / "b/run/checkpoints/step_3/model/model.safetensors").is_file()
 
 
 def test_resume_refuses_other_parameters(tmp_path, monkeypatch):

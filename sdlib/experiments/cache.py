@@ -36,5 +36,7 @@ def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     for p in paths:
         digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
-        digest.update(p.read_bytes())
+        with p.open("rb") as f:  # in blocks: a whole model's weights need not fit in memory
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]

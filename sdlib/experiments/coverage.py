@@ -124,7 +124,7 @@ def narrow_rows(cfg: CoverageConfig, benchmarks: dict, base) -> pd.DataFrame:
                 cfg, training.configs(cfg, algo, [train_set], cfg.train, extra)
             )
             label = f"{algo.upper()} on {train_set}"
-            adapters = [t.adapter for t in trained]
+            adapters = [t.weights for t in trained]
             evals[label] = pd.concat(
                 [
                     evaluate_seeds(cfg, label, domain, adapters),

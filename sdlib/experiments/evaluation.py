@@ -1,4 +1,5 @@
-"""Evaluations of an experiment: the base policy or a trained adapter, sampled in its own
+"""Evaluations of an experiment: the base policy or trained weights (a LoRA adapter or a
+fully fine-tuned model), sampled in its own
 content-addressed folder under ``<out>/eval``, with the model loaded only when needed."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pandas as pd
 
 from sdlib.evaluate import EvalResult, evaluate
 from sdlib.experiments import cache
-from sdlib.models import load_policy, load_tokenizer, local_folder, model_limits
+from sdlib.models import is_full_weights, load_policy, load_tokenizer, local_folder, model_limits
 from sdlib.problems import Problem
 from sdlib.prompts import THINKING, student_turn
 from sdlib.rollout import SAMPLER, Sampling, TransformersBackend, VLLMBackend
@@ -24,15 +25,19 @@ class LazyBackend:
 
     def _load(self):
         cfg = self.cfg
+        full = bool(self.adapter) and is_full_weights(self.adapter)
         if cfg.backend == "vllm":
-            inner = VLLMBackend.from_model(local_folder(cfg.model), load_tokenizer(cfg.model))
-            if self.adapter:
+            base = local_folder(cfg.model)
+            inner = VLLMBackend.from_model(
+                self.adapter if full else base, load_tokenizer(cfg.model), tokenizer_path=base
+            )
+            if self.adapter and not full:
                 inner.set_adapter(self.adapter)
             return inner
         policy = load_policy(cfg.model, dtype=cfg.dtype, device=cfg.device, adapter=self.adapter)
         # an evaluation never trains: fold the adapter into the weights, W + (alpha/r) B A,
         # so a decode step runs one matrix product per layer, not three
-        model = policy.model.merge_and_unload() if self.adapter else policy.model
+        model = policy.model.merge_and_unload() if self.adapter and not full else policy.model
         # evaluate() shows the progress bar; one per batch here would only add noise
         return TransformersBackend(model, policy.tokenizer, cfg.gen_batch, progress=False)
 
@@ -59,8 +64,9 @@ def evaluate_policy(
     seed: int = 0,
     prefill: str = "",
 ) -> EvalResult:
-    """Evaluate (or resume, or find finished) the base policy or ``adapter``; the folder is
-    keyed by the adapter's bytes, not its path, so a moved run folder finds its work."""
+    """Evaluate (or resume, or find finished) the base policy or ``adapter`` (trained
+    weights: a LoRA adapter or a whole model); the folder is keyed by their bytes, not
+    their path, so a moved run folder finds its work."""
     k = k or cfg.eval_k
     sampling = sampling or eval_sampling(cfg, seed)
     prompt_fn = prompt_fn or student_turn

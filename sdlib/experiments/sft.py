@@ -68,7 +68,7 @@ def run(cfg: SFTExperimentConfig) -> Results:
     evals = {"base": evaluate_seeds(cfg, "base", benchmarks)}
     for label, ts in trained.items():
         evals[label] = evaluate_seeds(
-            cfg, label.replace(" ", "_"), benchmarks, [t.adapter for t in ts]
+            cfg, label.replace(" ", "_"), benchmarks, [t.weights for t in ts]
         )
     table = res.table("table2", tables.by_benchmark(evals))
     guided = res.table(

@@ -12,7 +12,8 @@ import pandas as pd
 import sdlib.train as trainers
 from sdlib.config import TrainConfig, from_dict
 from sdlib.experiments import cache
-from sdlib.runfolder import RunFolder, verify
+from sdlib.runfolder import RunFolder, verify, weights_folder
+from sdlib.train.core import resolve_finetune
 from sdlib.train.loop import METRICS_FILE, finished
 
 # what a training run inherits from the experiment it belongs to
@@ -51,21 +52,22 @@ class Trained:
     config: TrainConfig
 
     @property
-    def adapter(self) -> Path:
-        """The adapter of the final checkpoint, verified against its manifest."""
+    def weights(self) -> Path:
+        """The weights of the final checkpoint (LoRA adapter or whole model), verified
+        against its manifest."""
         final = finished(self.run, self.config)
         if final is None:
             raise FileNotFoundError(
                 f"run {self.run.path} is not finished or its final checkpoint is damaged; "
                 f"training it again resumes from its newest intact checkpoint"
             )
-        return final / "adapter"
+        return weights_folder(final)
 
     @property
     def checkpoints(self) -> list[tuple[int, Path]]:
-        """(step, adapter) of every intact checkpoint, oldest first (curves over training)."""
+        """(step, weights) of every intact checkpoint, oldest first (curves over training)."""
         return [
-            (step, folder / "adapter")
+            (step, weights_folder(folder))
             for step, folder in self.run.checkpoints()
             if verify(folder) is None
         ]
@@ -78,7 +80,9 @@ class Trained:
 
 def train(cfg, tcfg: TrainConfig) -> Trained:
     """Train (or resume, or find finished) ``tcfg`` in ``<out>/train/<algo>-<key>``: one
-    folder per distinct configuration and code revision, whichever notebook asks for it."""
+    folder per distinct configuration and code revision, whichever notebook asks for it
+    (``finetune: auto`` resolved first, so the key names what runs)."""
+    tcfg = resolve_finetune(tcfg)
     keyed = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in UNKEYED}
     out = cache.folder(cfg.out, "train", tcfg.algo, {"revision": trainers.REVISION, **keyed})
     tcfg = dataclasses.replace(tcfg, out=str(out))

@@ -1,4 +1,5 @@
-"""LoRA trainers: SFT, GRPO and SDPO on one run loop (``loop``). ``train(cfg)`` runs one.
+"""Trainers of a LoRA adapter or of every weight: SFT, GRPO and SDPO on one run loop
+(``loop``). ``train(cfg)`` runs one.
 
 ``ALGORITHMS`` is the registry ``TrainConfig.algo`` chooses from; ``LOGGERS`` the one of
 ``TrainConfig.log_to``.

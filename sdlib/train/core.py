@@ -11,28 +11,64 @@ sequence, so the arithmetic is the same for both layouts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass
 
 import torch
 
+from sdlib import models
 from sdlib.head import Head
 from sdlib.losses import select_tokens
-from sdlib.models import LoraSpec, load_policy
+from sdlib.models import LoraSpec, keep_initial, load_policy
 
 
 def load_training_policy(cfg):
-    """The policy with a fresh LoRA adapter, its A factors drawn from ``cfg.seed``."""
+    """The policy to train: with a fresh LoRA adapter (its A factors drawn from
+    ``cfg.seed``), or (``finetune: full``) every weight trainable, with a copy of the
+    initial weights kept where a loss or a metric reads the initial policy."""
     torch.manual_seed(cfg.seed)
-    return load_policy(
+    lora = cfg.finetune == "lora"
+    policy = load_policy(
         cfg.model,
         dtype=cfg.dtype,
         device=cfg.device,
-        lora=LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
+        lora=LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if lora else None,
         load_in_4bit=cfg.load_in_4bit,
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
+    if not lora and reads_initial(cfg):
+        keep_initial(policy.model)
+    return policy
+
+
+def reads_initial(cfg) -> bool:
+    """Whether a run reads the initial policy: SDPO's initial teacher, or KL to the start
+    (its penalty or ``track_kl``); SFT never does."""
+    sdpo_initial = cfg.algo == "sdpo" and cfg.teacher == "initial"
+    return cfg.algo != "sft" and (cfg.track_kl or cfg.kl_coef > 0 or sdpo_initial)
+
+
+def resolve_finetune(cfg):
+    """``cfg`` with ``finetune: auto`` replaced by what the device holds: ``full`` (every
+    weight, as the reference) when ``models.full_finetune_bytes`` is at most half the device's
+    memory (the other half for activations and, on a GPU, the vLLM engine), else ``lora``,
+    said in one line. Resolved before a run is keyed, so the folder names what ran."""
+    if cfg.finetune != "auto":
+        return cfg
+    copies = int(reads_initial(cfg)) + int(cfg.algo == "sdpo" and cfg.teacher == "ema")
+    need = models.full_finetune_bytes(
+        models.parameter_count(cfg.model), models.resolve_dtype(cfg.dtype), copies
+    )
+    have = models.device_memory(cfg.device)
+    choice = "full" if need <= have / 2 else "lora"
+    print(
+        f"[sdlib] finetune auto -> {choice}: every weight of {cfg.model} needs about "
+        f"{need / 2**30:.1f} GiB, {'within' if choice == 'full' else 'more than'} half of "
+        f"{cfg.device}'s {have / 2**30:.1f} GiB"
+    )
+    return dataclasses.replace(cfg, finetune=choice)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -209,10 +245,54 @@ def output_head(model, cfg, temperature: float | None = None) -> Head:
     return Head(lm_head.weight, getattr(lm_head, "bias", None), t if t > 0 else 1.0, cfg.loss_chunk)
 
 
+class MasterAdamW(torch.optim.AdamW):
+    """AdamW on float32 master copies of low-precision (bf16, fp16) weights.
+
+    A bf16 weight cannot take a step much below 1/256 of itself, so at the reference's
+    full fine-tuning rates (1e-6, 1e-5) most updates of a bf16 weight would round away.
+    This optimizer keeps float32 masters and its moments in float32, reads the model's
+    gradients as float32 and writes the updated masters back, rounded, into the model's
+    weights: mixed precision as FSDP's."""
+
+    def __init__(self, params, **kw):
+        self.live = list(params)
+        super().__init__([p.detach().float().requires_grad_() for p in self.live], **kw)
+
+    @property
+    def masters(self) -> list[torch.Tensor]:
+        return self.param_groups[0]["params"]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for p in self.live:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for p, m in zip(self.live, self.masters, strict=True):
+            m.grad = None if p.grad is None else p.grad.float()
+        super().step()
+        for p, m in zip(self.live, self.masters, strict=True):
+            p.copy_(m)
+
+    def load_masters(self, masters: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for m, value in zip(self.masters, masters, strict=True):
+                m.copy_(value)
+
+
+def learning_rate(cfg) -> float:
+    """``cfg.lr``, times ``cfg.lora_lr_scale`` when training a LoRA adapter."""
+    return cfg.lr * (cfg.lora_lr_scale if cfg.finetune == "lora" else 1.0)
+
+
 def make_optimizer(model, cfg):
-    """AdamW over the trainable (LoRA) weights; linear warm-up, then constant."""
+    """AdamW over the trainable weights (float32 masters for low-precision full
+    fine-tuning: ``MasterAdamW``); linear warm-up, then constant."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    low = cfg.finetune == "full" and any(p.element_size() < 4 for p in params)
+    kind = MasterAdamW if low else torch.optim.AdamW
+    opt = kind(params, lr=learning_rate(cfg), weight_decay=cfg.weight_decay)
     warm = max(cfg.warmup_steps, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: min(1.0, (u + 1) / (warm + 1)))
     return opt, sched

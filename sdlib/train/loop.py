@@ -157,6 +157,7 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
     with run.lock() if dist.main else contextlib.nullcontext():
         if finished(run, cfg) is not None:
             return run  # nothing to compute, so nothing to load
+        cfg = core.resolve_finetune(cfg)
         policy = core.load_training_policy(cfg)
         algo = algo_cls(cfg, policy, data)
         opt, sched = core.make_optimizer(policy.model, cfg)
@@ -243,11 +244,13 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run: RunFolder, step: int, model, opt, sched, algo):
-    """Adapter (peft format, for eval and vLLM) plus everything exact resumption needs:
-    trainable weights, optimizer and scheduler, RNG states, the algorithm's state."""
+    """The weights for eval and vLLM (a peft adapter, or the whole model) plus everything
+    exact resumption needs: trainable weights (and float32 masters), optimizer and
+    scheduler, RNG states, the algorithm's state."""
     state = {
         "step": step,
         "trainable": trainable_state(model),
+        "masters": opt.masters if isinstance(opt, core.MasterAdamW) else [],
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "rng": {
@@ -269,6 +272,8 @@ def load_checkpoint(run: RunFolder, folder, model, opt, sched, algo) -> dict:
     with torch.no_grad():
         for name, value in state["trainable"].items():
             params[name].copy_(value)
+    if isinstance(opt, core.MasterAdamW):
+        opt.load_masters(state["masters"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     random.setstate(state["rng"]["python"])

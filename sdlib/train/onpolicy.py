@@ -104,19 +104,29 @@ def rollout_metrics(sb: StepBatch) -> dict:
 
 def make_backend(cfg, policy):
     """The rollout backend: the policy itself (transformers) or a vLLM engine on the base
-    weights that serves the current LoRA adapter (``sync_backend`` each step)."""
+    weights that serves the current LoRA adapter or weights (``sync_backend`` each step)."""
     if cfg.backend == "vllm":
         return VLLMBackend.from_model(
-            local_folder(cfg.model), policy.tokenizer, dtype="bfloat16", max_lora_rank=cfg.lora_r
+            local_folder(cfg.model),
+            policy.tokenizer,
+            dtype="bfloat16",
+            max_lora_rank=cfg.lora_r,
+            lora=cfg.finetune == "lora",
         )
     return TransformersBackend(policy.model, policy.tokenizer, cfg.gen_batch, progress=False)
 
 
 def sync_backend(backend, model, folder: Path) -> None:
-    """Hand the current adapter to a backend that holds its own copy of the weights."""
-    if hasattr(backend, "set_adapter"):
+    """Hand the current adapter, or every weight (full fine-tuning: written as
+    safetensors each step), to a backend that holds its own copy of the weights."""
+    if not hasattr(backend, "set_adapter"):
+        return
+    if hasattr(model, "peft_config"):
         model.save_pretrained(folder / "rollout_adapter")
         backend.set_adapter(folder / "rollout_adapter")
+    else:
+        model.save_pretrained(folder / "rollout_weights")
+        backend.load_weights(folder / "rollout_weights")
 
 
 def fitting(problems: list[Problem], policy, cfg) -> list[Problem]:
@@ -169,7 +179,7 @@ def trainer_log_probs(model, sb: StepBatch, cfg) -> None:
 def kl_to_initial(model, batch: core.Packed, token_logp, head, tokens) -> torch.Tensor:
     """How far the policy has moved, per loss token: the k3 estimate of KL(pi || pi_0),
     exp(q - p) - (q - p) - 1 with p, q the token's log-prob under pi (``token_logp``,
-    gradients flow through it) and under the initial policy (the LoRA adapter off, no
+    gradients flow through it) and under the initial policy (``initial_policy``, no
     gradient) on the same student prompt; unbiased and >= 0: [N]."""
     with torch.no_grad(), initial_policy(model):
         h_ref, _ = core.selected(model, batch)

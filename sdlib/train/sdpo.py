@@ -7,8 +7,9 @@
 
 D is the generalized JSD over the student's top-k tokens plus one tail bucket (k = 100,
 alpha = 0.5 in the reference), one of ``sdlib.losses.DISTILLATION_LOSSES``. The teacher is
-one of ``sdlib.models.TEACHERS``: ``initial`` (the LoRA adapter disabled, the frozen start),
-``live`` (the current policy) or ``ema`` (a second adapter tracking the policy).
+one of ``sdlib.models.TEACHERS``: ``initial`` (the frozen start: the LoRA adapter disabled,
+or a copy of the initial weights), ``live`` (the current policy) or ``ema`` (a copy of the
+trainable weights tracking the policy).
 """
 
 from __future__ import annotations
