@@ -191,6 +191,150 @@ class _ChunkedHead(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
+# Below this many smallest normals a tail mass summed from exp(z - max) may have lost
+# underflowed terms; such rows take the exact logsumexp instead.
+TAIL_FLOOR = 2.0**24
+
+
+class _Workspace:
+    """The [C, V] buffers a fused call reuses for every chunk. A buffer allocated per chunk
+    is fresh memory from the system each time (far beyond what malloc keeps), and its page
+    faults cost more than the arithmetic done on it."""
+
+    def __init__(self, rows: int, weight: Tensor, dtype: torch.dtype):
+        self.logits = weight.new_empty((rows, weight.shape[0]), dtype=dtype)
+        self.p = torch.empty_like(self.logits)
+        self.narrow = (
+            None if weight.dtype == dtype else torch.empty_like(self.logits, dtype=weight.dtype)
+        )
+
+    def scores(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float):
+        """(hidden W^T + b) / T in the compute dtype, rounded as ``chunk_logits``: [C, V]."""
+        c = hidden.shape[0]
+        out = self.logits[:c]
+        target = out if self.narrow is None else self.narrow[:c]
+        if bias is None:
+            torch.mm(hidden, weight.T, out=target)
+        else:
+            torch.addmm(bias, hidden, weight.T, out=target)
+        if self.narrow is not None:
+            out.copy_(target)
+        return out.div_(temperature) if temperature != 1.0 else out
+
+    def in_weight_dtype(self, grad: Tensor) -> Tensor:
+        return grad if self.narrow is None else self.narrow[: grad.shape[0]].copy_(grad)
+
+
+def _student_chunk(z: Tensor, p: Tensor, tokens: Tensor, k: int):
+    """Student stats of one chunk from its logits ``z`` [C, V] (left as z - max) and, in
+    ``p``, exp(z - max) with the top-k zeroed: (HeadStats, mass, total, top_p), where mass
+    and total sum exp(z - max) outside the top-k and over everything, top_p at the top-k.
+    No log-probs are materialized: log p = z - max - log total."""
+    zm = z.sub_(z.amax(-1, keepdim=True))
+    index = zm.topk(k, dim=-1).indices
+    torch.exp(zm, out=p)
+    dot = (p.unsqueeze(-2) @ zm.unsqueeze(-1)).flatten()  # sum exp(z - max) (z - max)
+    top_p = p.gather(-1, index)
+    mass = p.scatter_(-1, index, 0.0).sum(-1)  # positive terms only: no cancellation
+    total = mass + top_p.sum(-1)
+    log_total = total.log()
+    stats = HeadStats(
+        index,
+        zm.gather(-1, index) - log_total.unsqueeze(-1),
+        mass.log() - log_total,
+        zm.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_total,
+        log_total - dot / total,  # H = -sum p log p
+    )
+    return stats, mass, total, top_p
+
+
+def _teacher_chunk(z: Tensor, index: Tensor, tokens: Tensor):
+    """The teacher's stats at the student's top-k from its logits ``z`` (overwritten):
+    (HeadStats without entropy, mass outside the top-k)."""
+    zm = z.sub_(z.amax(-1, keepdim=True))
+    top, token = zm.gather(-1, index), zm.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    mass = zm.exp_().scatter_(-1, index, 0.0).sum(-1)
+    log_total = (mass + top.exp().sum(-1)).log()
+    tail = mass.log() - log_total
+    return HeadStats(index, top - log_total.unsqueeze(-1), tail, token - log_total), mass
+
+
+def _exact_tails(stats: HeadStats, mass: Tensor, hidden: Tensor, tokens: Tensor, head):
+    """Rows whose tail mass may have underflowed get the exact logsumexp tail (their
+    logits recomputed: such rows are rare). Returns those rows and their log-probs [r, V]
+    with -inf on the top-k."""
+    low = (mass < TAIL_FLOOR * torch.finfo(mass.dtype).tiny).nonzero().squeeze(1)
+    if not low.numel():
+        return low, None
+    logp = chunk_logits(hidden[low], *head)
+    stats.tail_logp[low] = _reduce_chunk(logp, tokens[low], 0, stats.topk_index[low], False)[2]
+    return low, logp
+
+
+class _FusedDistillation(torch.autograd.Function):
+    """A per-token divergence D(student || teacher) over the student's top-k and the tail
+    from both models' hidden states, with its gradient in the student's hidden state
+    computed in the same pass over each chunk's logits: the backward only scales the kept
+    [N, H] gradient by the upstream one, so no chunk's logits are computed twice. For a
+    frozen head (LoRA): the head's own gradient would need each token's upstream weight,
+    which is not known until the loss is aggregated (``Head.distill`` falls back there)."""
+
+    @staticmethod
+    def forward(ctx, hidden, teacher_hidden, weight, bias, tokens, k, temperature, chunk_size,
+                divergence, want_grad):  # fmt: skip
+        n, dtype = hidden.shape[0], compute_dtype(hidden.dtype)
+        out = [hidden.new_zeros(n, dtype=dtype) for _ in range(3)]  # D, token_logp, entropy
+        grad_h = torch.zeros_like(hidden) if want_grad else None
+        ws, head = _Workspace(min(n, chunk_size), weight, dtype), (weight, bias, temperature)
+        for rows in chunks(n, chunk_size):
+            h, tok = hidden[rows], tokens[rows]
+            p = ws.p[: h.shape[0]]
+            st, mass, total, top_p = _student_chunk(ws.scores(h, *head), p, tok, k)
+            tt, t_mass = _teacher_chunk(ws.scores(teacher_hidden[rows], *head), st.topk_index, tok)
+            low, low_logp = _exact_tails(st, mass, h, tok, head)
+            _exact_tails(tt, t_mass, teacher_hidden[rows], tok, head)
+            with torch.enable_grad():
+                leaves = [x.detach().requires_grad_(want_grad) for x in st[1:4]]
+                d = divergence(HeadStats(st.topk_index, *leaves, st.entropy), tt)  # [C]
+                grads = torch.autograd.grad(d.sum(), leaves, allow_unused=True) if want_grad else ()
+            out[0][rows], out[1][rows], out[2][rows] = d.detach(), st.token_logp, st.entropy
+            if want_grad:
+                g = _fused_logit_grad(p, mass, total, top_p, st, tok, grads, low, low_logp)
+                grad_h[rows] = ws.in_weight_dtype(g) @ weight
+                if temperature != 1.0:
+                    grad_h[rows] /= temperature
+        ctx.save_for_backward(grad_h)
+        ctx.mark_non_differentiable(out[1], out[2])
+        ctx.set_materialize_grads(False)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, grad_d, _grad_token, _grad_entropy):
+        (grad_h,) = ctx.saved_tensors
+        grad = None if grad_d is None else grad_h * grad_d.unsqueeze(-1).to(grad_h.dtype)
+        return grad, None, None, None, None, None, None, None, None, None
+
+
+def _fused_logit_grad(p, mass, total, top_p, st: HeadStats, tokens, grads, low, low_logp):
+    """d D / d logits of one chunk [C, V] from the stats' gradients, ``_logit_grad``'s
+    formulas on the forward's p' = exp(z - max) (zero on the top-k), p = p' / total;
+    overwrites ``p``. Outside the top-k: p_v coef + g_tail q_v with q_v = p_v / tail mass,
+    that is p'_v (coef / total + g_tail / mass); at the top-k: p_i coef + g_topk_i."""
+    g_topk, g_tail, g_token = (
+        torch.zeros_like(x) if g is None else g for g, x in zip(grads, st[1:4], strict=True)
+    )
+    coef = -(g_topk.sum(-1) + g_tail + g_token)  # [C]: the weight on "- p"
+    scale = coef / total + g_tail / mass.clamp(min=torch.finfo(mass.dtype).tiny)
+    grad = p.mul_(scale.unsqueeze(-1))
+    if low.numel():  # underflowed tails: q_v = exp(log p_v - tail), from exact log-probs
+        q = (low_logp - st.tail_logp[low].unsqueeze(-1)).exp_()  # each term <= 1
+        grad[low] = (
+            low_logp.exp_().mul_(coef[low].unsqueeze(-1)).add_(q * g_tail[low].unsqueeze(-1))
+        )
+    grad.scatter_(-1, st.topk_index, (top_p / total.unsqueeze(-1)) * coef.unsqueeze(-1) + g_topk)
+    return grad.scatter_add_(-1, tokens.unsqueeze(-1), g_token.unsqueeze(-1))
+
+
 def _naive_student_stats(hidden, weight, tokens, k, bias, temperature, with_entropy):
     """The same stats through whole [N, V] log-probs and autograd (reference and benchmark)."""
     logits = F.linear(hidden, weight, bias)
@@ -315,6 +459,27 @@ class Head(NamedTuple):
             chunk_size=self.chunk_size,
             **kw,
         )
+
+    def distill(self, hidden: Tensor, teacher_hidden: Tensor, tokens: Tensor, k: int, divergence):
+        """(D [N], token_logp [N], entropy [N]) of ``divergence(student, teacher)`` over the
+        student's top-k and the tail, D differentiable in ``hidden``: fused, the gradient
+        taken in the forward pass over each chunk (``_FusedDistillation``), where the head
+        is frozen and k leaves a tail; otherwise the student's stats with a recomputing
+        backward, then the teacher's."""
+        frozen = not (
+            self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        )
+        if frozen and k < self.vocab_size and self.chunk_size is not None:
+            want = torch.is_grad_enabled() and hidden.requires_grad
+            d, token, entropy = _FusedDistillation.apply(
+                hidden, teacher_hidden.detach(), self.weight.detach(),
+                None if self.bias is None else self.bias.detach(), tokens, k,
+                self.temperature, self.chunk_size, divergence, want,
+            )  # fmt: skip
+            return d, token, entropy
+        st = self.student(hidden, tokens, k, with_entropy=True)
+        tt = self.teacher(teacher_hidden, tokens, st.topk_index)
+        return divergence(st, tt), st.token_logp.detach(), st.entropy.detach()
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """Whole log-probs of a chunk [C, V] in the compute dtype (for full-vocabulary losses)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -395,9 +396,14 @@ def _from_head_stats(divergence: Callable[[HeadStats, HeadStats, float], Tensor]
     """A ``DistillLoss.compute`` that reduces both models' heads to HeadStats first."""
 
     def compute(student_hidden, teacher_hidden, head: Head, tokens, *, k: int, alpha: float):
-        st = head.student(student_hidden, tokens, k if topk else 1, with_entropy=True)
-        tt = head.teacher(teacher_hidden, tokens, st.topk_index)
-        return Distilled(divergence(st, tt, alpha), st.token_logp.detach(), st.entropy.detach())
+        d, token, entropy = head.distill(
+            student_hidden,
+            teacher_hidden,
+            tokens,
+            k if topk else 1,
+            partial(divergence, alpha=alpha),
+        )
+        return Distilled(d, token, entropy)
 
     return compute
 

@@ -91,13 +91,15 @@ def test_topk_jsd_from_log_probs_matches_reference(alpha, k, tail):
     close(loss, expected)
 
 
+@pytest.mark.parametrize("frozen_head", [False, True], ids=["trained-head", "frozen-head"])
 @pytest.mark.parametrize("tail", [True, False])
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("alpha", ALPHAS)
-def test_sdpo_loss_from_hidden_matches_reference_values_and_grads(alpha, k, tail):
+def test_sdpo_loss_from_hidden_matches_reference_values_and_grads(alpha, k, tail, frozen_head):
+    # a frozen head (LoRA) takes the fused path: the gradient in the forward pass
     hidden, t_hidden, weight, _, tokens = head_inputs(seed=2)
     hidden.requires_grad_(True)
-    weight.requires_grad_(True)
+    weight.requires_grad_(not frozen_head)
     name = "topk-tail" if tail else "topk-renorm"
     per_token, _, weights = L.sdpo_token_loss(
         hidden, t_hidden, Head(weight, chunk_size=10), tokens, loss=name, k=k or V, alpha=alpha
@@ -114,7 +116,48 @@ def test_sdpo_loss_from_hidden_matches_reference_values_and_grads(alpha, k, tail
     expected.backward()
     close(loss, expected)
     close(hidden.grad, h64.grad, rtol=1e-5, atol=1e-7)
-    close(weight.grad, w64.grad, rtol=1e-5, atol=1e-7)
+    if not frozen_head:
+        close(weight.grad, w64.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", ["topk-tail", "topk-renorm", "sampled-token"])
+def test_fused_distillation_matches_float64_with_weights_temperature_and_a_vanishing_tail(loss):
+    # peaked rows whose mass outside the top-5 underflows float32's summed tail take the
+    # exact logsumexp; importance weights and the temperature scale value and gradient
+    hidden, t_hidden, weight, _, tokens = head_inputs(n=30, seed=21)
+    hidden[:4] *= 60.0  # tail mass below 1e-30
+    hidden.requires_grad_(True)
+    alpha = 1.0 if loss == "sampled-token" else 0.5
+    old = -torch.rand(30, generator=torch.Generator().manual_seed(3)) * 4
+    head = Head(weight, temperature=0.7, chunk_size=7)
+    per_token, distilled, w = L.sdpo_token_loss(
+        hidden, t_hidden, head, tokens, old, loss=loss, k=5, alpha=alpha, is_clip=2.0
+    )
+    per_token.sum().backward()
+
+    h64 = hidden.detach().double().requires_grad_(True)
+    ref = L.sdpo_token_loss(
+        h64, t_hidden.double(), Head(weight.double(), temperature=0.7, chunk_size=None),
+        tokens, old.double(), loss=loss, k=5, alpha=alpha, is_clip=2.0,
+    )[0]  # fmt: skip
+    ref.sum().backward()
+    assert torch.isfinite(hidden.grad).all()
+    close(per_token, ref, rtol=1e-4, atol=1e-6)
+    close(hidden.grad, h64.grad, rtol=1e-4, atol=1e-6)
+    assert not distilled.token_logp.requires_grad and not distilled.entropy.requires_grad
+
+
+def test_fused_distillation_computes_no_logits_in_the_backward(monkeypatch):
+    hidden, t_hidden, weight, _, tokens = head_inputs(n=24, seed=4)
+    hidden.requires_grad_(True)
+    calls = []
+    for owner, name in ((head_mod, "chunk_logits"), (head_mod._Workspace, "scores")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, real=real: calls.append(1) or real(*a))
+    per_token, _, _ = L.sdpo_token_loss(hidden, t_hidden, Head(weight, chunk_size=8), tokens, k=5)
+    assert len(calls) == 2 * 3  # student and teacher, three chunks
+    per_token.sum().backward()
+    assert len(calls) == 6 and hidden.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)

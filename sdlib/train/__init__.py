@@ -16,7 +16,9 @@ from sdlib.train.trackers import LOGGERS
 # (sdlib.experiments.training) trained by older code are not found and reused as current.
 # 2: tokens scored at the rollout temperature. 3: the EMA teacher moves once per step.
 # 4: rollouts sampled by inverse CDF (``sdlib.rollout.SAMPLER``), not Gumbel-max.
-REVISION = 4
+# 5: SDPO's distillation with a frozen head fused (``sdlib.head.Head.distill``): the same
+# arithmetic in another order, so values differ in the last bits.
+REVISION = 5
 
 ALGORITHMS = {"grpo": GRPO, "sdpo": SDPO, "sft": SFT}
 
