@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import vs_trl
 from _common import MIB, clock, device_name, markdown_table, peak_bytes, reset_peak
 
@@ -64,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-gib", type=float, default=18.0, help="per-process cap (CPU)")
     p.add_argument("--figure", default="docs/vs_trl_scaling.png")
+    p.add_argument("--save", default=None, help="also write the measurements to this JSON")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # json of one cell
     return p.parse_args(argv)
 
@@ -112,12 +114,47 @@ def measure(cell: dict, args) -> dict:
         return trl_update(b, cell["algo"], cfg, policy, path, tmp)
 
 
+# Where sdlib's update spends its time: the parts timed by wrapping the functions that do
+# them (``profiled``); "other" is the update less their sum (packing, the IS weights, the
+# aggregation, the gradient clip).
+PARTS = ("body forward", "teacher forward", "loss head", "backward", "optimizer")
+
+
+def profiled(device: str, spent: dict, opt) -> None:
+    """Wrap the update's parts so each adds its seconds to ``spent`` (this process only):
+    the body forward (with gradient: the student's; without: the teacher's), the loss
+    head (its forward; a fused head's gradient is taken there too), every backward
+    (body and any recomputing head), the optimizer step."""
+    from sdlib.head import Head
+
+    def wrap(owner, name, part):
+        real = getattr(owner, name)
+
+        def timed(*a, **kw):
+            start = clock(device)
+            try:
+                return real(*a, **kw)
+            finally:
+                key = part() if callable(part) else part
+                spent[key] = spent.get(key, 0.0) + clock(device) - start
+
+        setattr(owner, name, timed)
+
+    body = lambda: "body forward" if torch.is_grad_enabled() else "teacher forward"  # noqa: E731
+    wrap(core, "hidden_states", body)
+    for name in ("student", "distill"):
+        wrap(Head, name, "loss head")
+    wrap(torch.Tensor, "backward", "backward")
+    wrap(opt, "step", "optimizer")
+
+
 def sdlib_update(b, cfg, policy, path: Path) -> dict:
     algo = vs_trl.ALGOS[cfg.algo](cfg, policy, [])
     opt, sched = core.make_optimizer(policy.model, cfg)
-    out = {}
+    out, spent = {}, {}
     for _ in ("warm-up", "timed"):
         sb = vs_trl.load_step_batch(b, path, policy.tokenizer)
+        spent.clear()
         base = reset_peak(b.device)
         t0 = clock(b.device)
         algo.prepare(sb)
@@ -125,7 +162,11 @@ def sdlib_update(b, cfg, policy, path: Path) -> dict:
         seconds = clock(b.device) - t0
         teacher = getattr(algo, "teacher_seconds", 0.0)  # SDPO: its teacher forwards
         out = {"seconds": seconds, "teacher_s": teacher, "peak": peak_bytes(b.device) - base}
-    return {**out, "tokens": sum(sb.rollouts.lengths)}
+        if not spent:  # wrapped after the warm-up, so that it runs as it always does
+            profiled(b.device, spent, opt)
+    profile = {part: spent.get(part, 0.0) for part in PARTS}
+    profile["other"] = max(out["seconds"] - sum(profile.values()), 0.0)
+    return {**out, "tokens": sum(sb.rollouts.lengths), "profile": profile}
 
 
 def trl_update(b, algo: str, cfg, policy, path: Path, tmp: str) -> dict:
@@ -220,6 +261,19 @@ def table(results: list[dict]) -> str:
     return markdown_table(columns, rows)
 
 
+def profile_table(results: list[dict]) -> str:
+    """sdlib's update, part by part, as shares of its time (``PARTS``)."""
+    rows = []
+    for r in results:
+        if r["framework"] != "sdlib" or "profile" not in r:
+            continue
+        shares = [f"{r['profile'][p] / r['seconds']:.0%}" for p in (*PARTS, "other")]
+        rows.append([r["algo"].upper(), r["checkpointing"], f"{r['vocab']:,}", r["length"],
+                     f"{r['seconds']:.2f}", *shares])  # fmt: skip
+    return markdown_table(["algo", "checkpointing", "vocab", "tokens/answer", "update s",
+                           *PARTS, "other"], rows)  # fmt: skip
+
+
 def figure(results: list[dict], path: str, title: str) -> None:
     """Update tokens/s and peak memory against answer length, log-log: one line per
     framework and vocabulary (gradient checkpointing off), a panel per algorithm."""
@@ -286,6 +340,9 @@ def main(argv=None) -> None:
         )
         print(f"  {cell} -> {what} ({time.perf_counter() - t:.0f} s)", flush=True)
     print("\n" + table(results))
+    print("\nsdlib's update, part by part (shares of its time)\n\n" + profile_table(results))
+    if args.save:
+        Path(args.save).write_text(json.dumps(results, indent=1))
     title = f"sdlib vs TRL update, tiny-random:{args.body}xV, {args.dtype}, {args.rows} answers"
     figure(results, args.figure, f"{title}, {device_name(args.device)}")
     print(f"\nfigure: {args.figure}\ntotal {time.perf_counter() - start:.0f} s")

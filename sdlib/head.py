@@ -8,6 +8,11 @@ time inside a custom autograd function whose backward recomputes each chunk's lo
 the extra memory is a few [chunk, V] buffers; ``teacher_head_stats`` does the same without
 gradient at given indices. ``Head`` bundles the weights with how they are applied (rollout
 temperature, chunk size), so a trainer passes one object.
+
+SDPO's distillation with a frozen head (LoRA), ``Head.distill``, is fused: both models'
+logits of a chunk are reduced in one pass each into buffers reused across chunks, the
+divergence's gradient in the student's hidden state is taken there and then, and the
+backward only scales it, so no chunk's logits are computed twice.
 """
 
 from __future__ import annotations
