@@ -455,14 +455,16 @@ def parameter_count(spec: str) -> int:
 
 
 def full_finetune_bytes(weights: int, dtype: torch.dtype, copies: int) -> int:
-    """Memory that full fine-tuning of ``weights`` weights in ``dtype`` holds before any
-    activation: weights and gradients in ``dtype``, AdamW's two moments, float32 master
-    weights below 32 bits (``core.MasterAdamW``), and ``copies`` frozen copies (the
-    initial policy, the EMA teacher)."""
+    """Memory that full fine-tuning of ``weights`` weights in ``dtype`` holds at its peak
+    outside the activations, the optimizer step: weights in ``dtype``, the gradients
+    (float32 there below 32 bits: ``core.MasterAdamW`` hands them to its float32 masters),
+    AdamW's two moments, and ``copies`` frozen copies (the initial policy, the EMA
+    teacher)."""
     size = torch.finfo(dtype).bits // 8
     master = 4 if size < 4 else 0
+    grads = 4 if master else size
     moments = 2 * (4 if master else size)
-    return weights * (size * (2 + copies) + master + moments)
+    return weights * (size * (1 + copies) + grads + master + moments)
 
 
 def device_memory(device: str) -> int:

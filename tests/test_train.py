@@ -277,23 +277,35 @@ def test_master_weights_take_the_steps_bf16_weights_round_away():
     assert mixed.grad is None and master.grad is None  # the model's gradients too
 
 
-def test_full_finetuning_memory_is_what_the_estimate_counts():
+def test_full_finetuning_memory_is_what_the_estimate_counts(monkeypatch):
+    # counted at the optimizer step, the peak outside the activations: bf16 weights, the
+    # gradients in float32 on the masters, the masters, AdamW's moments, one frozen copy
     from sdlib.models import full_finetune_bytes, keep_initial, load_policy
 
     model = load_policy("tiny-random:2x64", dtype="bf16").model
-    keep_initial(model)  # one frozen copy
+    keep_initial(model)
     opt = core.MasterAdamW(list(model.parameters()), lr=1e-5)
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    opt.step()
-    for p in model.parameters():  # step cleared nothing: the gradients are still held
-        p.grad = torch.ones_like(p)
-    tensors = [*model.parameters(), *(p.grad for p in model.parameters()), *opt.masters]
-    tensors += [v for state in opt.state.values() for k, v in state.items() if k != "step"]
-    tensors += list(model._sdlib_initial_weights.tensors.values())
-    held = sum(t.numel() * t.element_size() for t in tensors)
+    held = []
+
+    def counting_step(self, *a, **kw):
+        tensors = [*model.parameters(), *self.masters, *(m.grad for m in self.masters)]
+        tensors += [v for state in self.state.values() for k, v in state.items() if k != "step"]
+        tensors += list(model._sdlib_initial_weights.tensors.values())
+        tensors += [p.grad for p in model.parameters() if p.grad is not None]
+        held.append(sum(t.numel() * t.element_size() for t in tensors))
+        return real_step(self, *a, **kw)
+
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    for _ in range(2):  # the moments exist from the first step on
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
     weights = sum(p.numel() for p in model.parameters())
-    assert held == full_finetune_bytes(weights, torch.bfloat16, copies=1)
+    assert held[1] == full_finetune_bytes(weights, torch.bfloat16, copies=1)
+    assert all(p.grad is None for p in model.parameters()) and all(
+        m.grad is None for m in opt.masters
+    )
 
 
 @pytest.mark.parametrize("memory, choice", [(2**40, "full"), (2**20, "lora")])

@@ -270,10 +270,12 @@ class MasterAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def step(self, closure=None):
         for p, m in zip(self.live, self.masters, strict=True):
-            m.grad = None if p.grad is None else p.grad.float()
+            # each gradient handed over and freed in turn: float32 ones exist only here
+            m.grad, p.grad = (None if p.grad is None else p.grad.float()), None
         super().step()
         for p, m in zip(self.live, self.masters, strict=True):
             p.copy_(m)
+            m.grad = None
 
     def load_masters(self, masters: list[torch.Tensor]) -> None:
         with torch.no_grad():
