@@ -278,7 +278,10 @@ def test_vllm_serves_fully_fine_tuned_weights_read_from_safetensors(tiny, tmp_pa
             self.calls.append(("reset",))
 
     engine = Engine()
-    sync_backend(VLLMBackend(engine, tiny.tokenizer), tiny.model, tmp_path)
+    backend = VLLMBackend(engine, tiny.tokenizer)
+    sync_backend(backend, tiny.model, tmp_path, step=0)  # the engine starts on these weights
+    assert engine.calls == [] and not loaded
+    sync_backend(backend, tiny.model, tmp_path, step=1)
     assert engine.calls == [("rpc", "sdlib_load_weights"), ("reset",)]
     state = tiny.model.state_dict()
     assert loaded and all(torch.equal(value, state[name]) for name, value in loaded.items())

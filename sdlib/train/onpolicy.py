@@ -116,15 +116,16 @@ def make_backend(cfg, policy):
     return TransformersBackend(policy.model, policy.tokenizer, cfg.gen_batch, progress=False)
 
 
-def sync_backend(backend, model, folder: Path) -> None:
+def sync_backend(backend, model, folder: Path, step: int) -> None:
     """Hand the current adapter, or every weight (full fine-tuning: written as
-    safetensors each step), to a backend that holds its own copy of the weights."""
+    safetensors each step after the first, when the engine holds them already), to a
+    backend that holds its own copy of the weights."""
     if not hasattr(backend, "set_adapter"):
         return
     if hasattr(model, "peft_config"):
         model.save_pretrained(folder / "rollout_adapter")
         backend.set_adapter(folder / "rollout_adapter")
-    else:
+    elif step > 0:
         model.save_pretrained(folder / "rollout_weights")
         backend.load_weights(folder / "rollout_weights")
 
@@ -207,7 +208,7 @@ class OnPolicy:
     def batch(self, step: int, dist: Dist) -> StepBatch:
         start, cfg = time.perf_counter(), self.cfg
         problems = core.step_items(self.problems, step, cfg.prompts_per_step, cfg.seed)
-        sync_backend(self.backend, self.policy.model, Path(cfg.out))
+        sync_backend(self.backend, self.policy.model, Path(cfg.out), step)
         mine = dist.shard(len(problems))
         keys = [step * cfg.prompts_per_step + i for i in mine]
         sb = rollout_phase(self.policy, self.backend, [problems[i] for i in mine], cfg, step, keys)
