@@ -307,7 +307,8 @@ def figure(results: list[dict], path: str, title: str) -> None:
             ax.set_yscale("log")
             ax.set_xlabel("tokens per answer")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:  # a panel whose runs all failed has none
+                ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from sdlib.behavior import EPISTEMIC_WORDS, behavior_row
+from sdlib.clock import phase
 from sdlib.grading import extract_answer, grade_response
 from sdlib.metrics import check_row
 from sdlib.problems import Problem
@@ -159,7 +160,7 @@ def evaluate(
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     folder = None if out_dir is None else RunFolder(out_dir)
-    with folder.lock() if folder else contextlib.nullcontext():
+    with folder.lock() if folder else contextlib.nullcontext(), phase("evaluate"):
         path = None if folder is None else folder.file(SAMPLES_FILE)
         rows = [] if path is None else _complete(read_jsonl(path), k, path)
         counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from sdlib.clock import phase
 from sdlib.schema import ConfigError
 from sdlib.settings import DEFAULT_MODEL, cache_dir
 
@@ -103,6 +104,12 @@ def load_policy(
     staying ``spec``'s."""
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"model spec must be a non-empty string, got {spec!r}")
+    with phase("load model"):
+        return _load(spec, dtype, device, lora, adapter, load_in_4bit, trust_remote_code,
+                     gradient_checkpointing)  # fmt: skip
+
+
+def _load(spec, dtype, device, lora, adapter, load_in_4bit, trust_remote_code, checkpointing):
     torch_dtype = resolve_dtype(dtype)
     weights = None
     if adapter is not None and is_full_weights(adapter):
@@ -123,7 +130,7 @@ def load_policy(
     if not load_in_4bit:
         model = model.to(device)
     _prepare_tokenizer(tok)
-    if gradient_checkpointing:
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     model = _attach_adapter(model, lora, adapter, load_in_4bit)

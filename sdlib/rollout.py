@@ -25,6 +25,7 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 
+from sdlib import llama
 from sdlib.progress import tqdm
 
 # transformers renamed ``past_key_values`` to ``cache`` during 5.x; speak whichever it knows.
@@ -41,8 +42,9 @@ _CACHE_KW = (
 # (bench/decode_threads.py); spinning threads (ACTIVE) do not pay that cost.
 SMALL_HIDDEN = 256
 # how a row's tokens are drawn from its seed; evaluations record it, so samples drawn
-# by an older scheme are not resumed as if current
-SAMPLER = "inverse-cdf, 64 uniforms per call"
+# by an older scheme are not resumed as if current (a plain Llama's logits now come from
+# sdlib.llama's forward, which rounds differently from transformers')
+SAMPLER = "inverse-cdf, 64 uniforms per call; sdlib.llama decode"
 # finished rows leave a batch once they are this fraction (1/COMPACT_EVERY) of it
 COMPACT_EVERY = 8
 
@@ -131,7 +133,7 @@ def sample_next(logits: torch.Tensor, s: Sampling, uniform: torch.Tensor | None 
         logp = torch.log_softmax(logits, dim=-1)
         token = logits.argmax(dim=-1)
         return token, logp.gather(1, token[:, None]).squeeze(1)
-    logp = torch.log_softmax(logits / s.temperature, dim=-1)
+    logp = torch.log_softmax(logits / s.temperature if s.temperature != 1 else logits, dim=-1)
     filtered = logp
     if s.top_k:
         kth = logp.topk(min(s.top_k, logp.shape[-1]), dim=-1).values[:, -1:]
@@ -271,6 +273,8 @@ class TransformersBackend:
         bar = tqdm(total=len(rows), desc="generate", unit="seq", disable=not self.progress)
         was_training = self.model.training
         self.model.eval()
+        # the weights as applied now (LoRA added in), when sdlib.llama reproduces the model
+        self.side = LeanSide(snap) if (snap := llama.Snapshot.take(self.model)) else None
         try:
             with threads(self.n_threads):
                 for lo in range(0, len(order), self.batch_size):
@@ -281,6 +285,7 @@ class TransformersBackend:
                     bar.update(len(chunk))
         finally:
             bar.close()
+            self.side = None
             self.model.train(was_training)
         out = Rollouts(seconds=time.perf_counter() - start)
         for r, (pi, ids) in enumerate(rows):
@@ -300,6 +305,8 @@ class TransformersBackend:
         cache repeated, so a group costs one prefill, not n. Finished rows ride along until
         an eighth of the batch has finished, then leave it and its cache together: fewer
         cache copies than dropping each row as it finishes, little work on finished rows.
+        Tokens and log-probs are written into [rows, max_new_tokens] tables, not Python
+        lists, so a step's bookkeeping is a few tensor ops whatever the batch.
         """
         device = self.model.device
         unique = list(dict.fromkeys(map(tuple, prompt_ids)))
@@ -308,60 +315,111 @@ class TransformersBackend:
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in unique], device=device)
         lengths = torch.tensor([len(p) for p in unique], device=device)
-        prompt_mask = (torch.arange(width, device=device) >= (width - lengths)[:, None]).long()
-        out = self.model(
-            input_ids=ids,
-            attention_mask=prompt_mask,
-            position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = getattr(out, _CACHE_KW)
-        cache.batch_select_indices(copy_of)  # [U, ...] -> [B, ...]
-        grow_in_place(cache)
-        logits = out.logits[copy_of, -1]
+        prompt_mask = torch.arange(width, device=device) >= (width - lengths)[:, None]
+        side = self.side or HFSide(self.model)
+        logits = side.prefill(ids, prompt_mask, copy_of, width + s.max_new_tokens)
         # the attention mask of every position to come: the prompt's, then the new tokens'
         mask = prompt_mask[copy_of]
         mask = torch.cat([mask, mask.new_ones(len(mask), s.max_new_tokens)], dim=1)
         position = lengths[copy_of][:, None]
         uniform = None if s.temperature == 0 else RowUniform(gens, device)
         stop = torch.tensor(self.stop_ids, device=device)
-        row = torch.arange(len(prompt_ids), device=device)  # batch row -> original row
-        alive = torch.ones(len(prompt_ids), dtype=torch.bool, device=device)
-        tokens = [[] for _ in prompt_ids]
-        logps = [[] for _ in prompt_ids]
-        reasons = ["length"] * len(prompt_ids)
+        rows = len(prompt_ids)
+        row = torch.arange(rows, device=device)  # batch row -> original row
+        alive = torch.ones(rows, dtype=torch.bool, device=device)
+        tokens = torch.zeros(rows, s.max_new_tokens, dtype=torch.long, device=device)
+        logps = torch.zeros(rows, s.max_new_tokens, dtype=torch.float32, device=device)
+        count = torch.full((rows,), s.max_new_tokens, dtype=torch.long, device=device)
+        ended = torch.zeros(rows, dtype=torch.bool, device=device)  # by a stop token
         for step in range(s.max_new_tokens):
             token, logp = sample_next(logits, s, None if uniform is None else uniform.next())
-            rows = zip(row.tolist(), token.tolist(), logp.tolist(), alive.tolist(), strict=True)
-            for r, t, lp, live in rows:
-                if live:
-                    tokens[r].append(t)
-                    logps[r].append(lp)
+            live = row[alive]
+            tokens[live, step], logps[live, step] = token[alive], logp[alive]
             stopped = alive & torch.isin(token, stop)
-            for r in row[stopped].tolist():
-                reasons[r] = "stop"
+            count[row[stopped]], ended[row[stopped]] = step + 1, True
             alive &= ~stopped
             left = int(alive.sum())
             if left == 0 or step == s.max_new_tokens - 1:
                 break
             if len(row) - left >= max(1, len(row) // COMPACT_EVERY):
                 keep = alive.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
+                side.select(keep)
                 row, token, mask, position, alive = (
                     t[keep] for t in (row, token, mask, position, alive)
                 )
                 if uniform is not None:
                     uniform.keep(keep)
-            out = self.model(
-                input_ids=token[:, None],
-                attention_mask=mask[:, : width + step + 1],
-                position_ids=position,
-                use_cache=True,
-                **{_CACHE_KW: cache},
-            )
-            logits, position = out.logits[:, -1], position + 1
-        return list(zip(tokens, logps, reasons, strict=True))
+            logits = side.step(token, mask[:, : width + step + 1], position, width + step)
+            position = position + 1
+        return [
+            (tokens[r, :n].tolist(), logps[r, :n].tolist(), "stop" if end else "length")
+            for r, (n, end) in enumerate(zip(count.tolist(), ended.tolist(), strict=True))
+        ]
+
+
+class HFSide:
+    """The model side of the decode loop for any model: transformers' forward and cache
+    (``GrowingLayer`` for plain attention layers)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, ids, prompt_mask, copy_of, length):
+        mask = prompt_mask.long()
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = getattr(out, _CACHE_KW)
+        self.cache.batch_select_indices(copy_of)  # [U, ...] -> [B, ...]
+        grow_in_place(self.cache)
+        return out.logits[copy_of, -1]
+
+    def step(self, token, mask, position, at):
+        out = self.model(
+            input_ids=token[:, None],
+            attention_mask=mask.long(),
+            position_ids=position,
+            use_cache=True,
+            **{_CACHE_KW: self.cache},
+        )
+        return out.logits[:, -1]
+
+    def select(self, rows):
+        self.cache.batch_select_indices(rows)
+
+
+class LeanSide:
+    """The model side of the decode loop for a plain Llama (with or without LoRA):
+    ``sdlib.llama.forward`` on a snapshot of the weights over a static cache, a few dozen
+    tensor ops per token where transformers' forward runs hundreds
+    (bench/decode_threads.py)."""
+
+    def __init__(self, snap: llama.Snapshot):
+        self.snap = snap
+
+    def prefill(self, ids, prompt_mask, copy_of, length):
+        u, width = ids.shape
+        cache = llama.BlockCache(self.snap, u, self.snap.embed.dtype, ids.device)
+        positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+        causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
+        # a padding position sees itself, so its (never read) state stays finite
+        mask = (causal & prompt_mask[:, None, :]) | torch.eye(
+            width, dtype=torch.bool, device=ids.device
+        )
+        logits = llama.forward(self.snap, cache, ids, positions, mask, 0)
+        cache.select(copy_of)  # [U, ...] -> [B, ...]
+        self.cache = cache
+        return logits[copy_of]
+
+    def step(self, token, mask, position, at):
+        return llama.forward(self.snap, self.cache, token[:, None], position, mask[:, None], at)
+
+    def select(self, rows):
+        self.cache.select(rows)
 
 
 class VLLMWeightLoader:

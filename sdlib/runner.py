@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from sdlib import config as cfgmod
+from sdlib.experiments.results import TIMINGS
 from sdlib.runfolder import WAIT_FOR_LOCKS, RunFolder, write_atomic
 from sdlib.settings import REPO_ROOT
 
@@ -117,7 +118,7 @@ def run(
 
     ``jobs > 1`` runs that many notebooks at once, each kernel on ``cores // jobs`` threads
     and its output in ``notebooks/<name>.log`` (a line per minute here says where each one
-    is). Notebook 00 runs first and alone: the others use the model it builds. Two
+    is). An organism the notebooks name is built first, on every core (minutes, once). Two
     notebooks that need one shared run wait for each other instead of training it twice.
     """
     names, overrides = resolve(names), overrides or {}
@@ -132,18 +133,53 @@ def run(
     with RunFolder(root).lock():
         (root / "notebooks").mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
+        build_organisms(params)
         step = _Step(names, root, params, started)
-        first = [n for n in names if n == NOTEBOOKS[0]] if jobs > 1 else names
-        for name in first:
-            step(name)
-        rest = [n for n in names if n not in first]
-        if rest:
-            _in_parallel(step, rest, jobs)
+        if jobs == 1:
+            for name in names:
+                step(name)
+        else:
+            _in_parallel(step, names, jobs)
         md, html = write_report(root, names)
+        spent = time_table(root, names)
+        write_atomic(root / "timings.md", spent.to_markdown(floatfmt=".0f") + "\n")
     # the tables, in the terminal too (figures: see the report)
     print("\n".join(x for x in md.read_text().splitlines() if not x.startswith("![")))
     print(f"[sdlib run] report: {md} and {html} (one file, figures inside)")
+    print(
+        f"[sdlib run] where the time went, seconds per notebook ({jobs} at a time after "
+        f"00; the run took {_clock(started)}; also in {root / 'timings.md'}):"
+    )
+    print(spent.to_markdown(floatfmt=".0f"))
     return root
+
+
+def time_table(root: Path, names: list[str]) -> pd.DataFrame:
+    """Seconds per notebook and phase: its wall time (``<name>.done``), the kernel's start
+    and papermill (wall minus the cells' own time), imports and display (cells minus the
+    experiment's phases), and the experiment's phases (``timings.json``, ``sdlib.clock``)."""
+    rows = {}
+    for name in names:
+        done = root / "notebooks" / f"{name}.done"
+        try:
+            wall = float(json.loads(done.read_text())["seconds"])
+            cells = json.loads((root / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+            ran = sum(c.get("metadata", {}).get("papermill", {}).get("duration") or 0
+                      for c in cells)  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not finished: nothing to say
+        timings = root / name / TIMINGS
+        phases = json.loads(timings.read_text()) if timings.exists() else {}
+        rows[name] = {
+            "wall": wall,
+            "kernel start, papermill": wall - ran,
+            "imports, display": ran - sum(phases.values()),
+            **phases,
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index").fillna(0.0)
+    if len(table):
+        table.loc["total"] = table.sum()
+    return table
 
 
 class _Step:
@@ -176,16 +212,32 @@ class _Step:
 
 # a notebook that reads another's output starts only once that one has finished
 NEEDS = {"02_sft_guided_vs_unguided": "01_context_richness"}  # 01 writes D_ug and D_sg
-# the order notebooks start in when several run at once: 01 first (02 waits for it), then
-# the long ones, the short ones last to fill the gaps (organism preset, one core each: 01
-# 1.5 min, 03 6, 05 8.5, 04 2.5, 02 1.5); any other notebook after these, in study order
+# the order notebooks start in when several run at once: the two long ones first (05
+# reaches the |D| = 1,200 runs it shares with 03 after its own, by when 03 has trained
+# them), then the short ones to fill the gaps, 02 after 01 (organism preset, one core
+# each: 03 3.7 min, 05 4.7, 01 0.8, 00 0.6, 04 1.5, 02 0.8); any other notebook after these
 START_ORDER = [
-    "01_context_richness",
     "03_sdpo_vs_grpo",
     "05_task_coverage",
+    "01_context_richness",
+    "00_model_organism",
     "04_fixed_vs_moving_teacher",
     "02_sft_guided_vs_unguided",
 ]
+
+
+def build_organisms(params: dict) -> None:
+    """Build (or find) every organism the notebooks' ``model`` names, before they start:
+    otherwise each would wait for the first to build it, on one core."""
+    specs = sorted(
+        {p["model"] for p in params.values() if str(p.get("model", "")).startswith("organism")}
+    )
+    if not specs:
+        return
+    from sdlib.organism.build import build
+
+    for spec in specs:
+        print(f"[sdlib run] organism {spec}: {build(spec)}", flush=True)
 
 
 def run_parallel(names: list[str], jobs: int, run_one) -> None:

@@ -222,3 +222,88 @@ def test_problems_are_sdlib_records_of_one_split():
     assert p.meta["split"] == "heldout" and p.answer == str(p.meta["x"])
     with pytest.raises(ValueError, match="split"):
         problems("organism:smoke", "test")
+
+
+def _smoke_batches(smoke_corpus, tok, count):
+    from sdlib.organism import pretrain as P
+
+    cfg, (data, _) = smoke_corpus
+    batches = P.make_batches(data.lengths(), 1024, random.Random(0))[:count]
+    return [P.collate(data, rows, tok.pad_token_id) for rows in batches]
+
+
+def test_pretraining_loss_and_gradients_equal_transformers_forward_in_float64(smoke_corpus, tok):
+    """The lean forward's loss against an independent one: transformers' eager forward, the head
+    on the trained targets only, log-softmax and a mean, all in float64."""
+    import torch
+
+    from sdlib.organism import pretrain as P
+    from sdlib.organism.build import new_model
+
+    model = new_model(variant("smoke"), tok).double()
+    model.config._attn_implementation = "eager"  # its CPU sdpa kernel is not exact in float64
+    for inputs, targets in _smoke_batches(smoke_corpus, tok, 2):
+        grads = []
+        for lean in (True, False):
+            model.zero_grad()
+            if lean:
+                loss = P.loss_on(model, inputs, targets, bf16=False)
+            else:
+                keep = targets != P.IGNORE
+                hidden = model.model(input_ids=inputs).last_hidden_state[keep]
+                logp = torch.log_softmax(model.lm_head(hidden), dim=-1)
+                loss = -logp.gather(1, targets[keep][:, None]).mean()
+            loss.backward()
+            grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        (got, got_g), (ref, ref_g) = grads
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+        for name in ref_g:
+            torch.testing.assert_close(got_g[name], ref_g[name], rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_pretraining_equals_eager_and_repeats_to_the_bit(smoke_corpus, tok):
+    """torch.compile's step against the eager one (fp32, to float32 rounding), and two
+    compiled runs from one seed to the same weight hash (the build's determinism)."""
+    import dataclasses
+
+    import torch
+
+    from sdlib.organism import pretrain as P
+    from sdlib.organism.build import new_model, weights_hash
+
+    cfg = variant("smoke")
+    batches = _smoke_batches(smoke_corpus, tok, 6)
+    schedule = dataclasses.replace(cfg.schedule(), bf16=False, warmup=2)
+    runs = {}
+    for name, compiled in (("eager", False), ("compiled", True), ("again", True)):
+        model = new_model(cfg, tok)
+        step = P.Stepper(model, dataclasses.replace(schedule, compile=compiled))
+        losses = [step(i, len(batches), *b) for i, b in enumerate(batches)]
+        runs[name] = losses, weights_hash(model), model.state_dict()
+    (eager, _, ew), (comp, h1, cw), (_, h2, _) = runs["eager"], runs["compiled"], runs["again"]
+    assert h1 == h2
+    torch.testing.assert_close(torch.tensor(comp), torch.tensor(eager), rtol=1e-4, atol=1e-5)
+    for name in ew:
+        torch.testing.assert_close(cw[name], ew[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_a_non_finite_loss_stops_pretraining_naming_the_step(smoke_corpus, tok):
+    import dataclasses
+
+    from sdlib.organism import pretrain as P
+    from sdlib.organism.build import new_model
+
+    cfg, (data, _) = smoke_corpus
+    schedule = dataclasses.replace(cfg.schedule(), lr=1e30, warmup=1)
+    with pytest.raises(P.NonFiniteLoss, match=r"pretraining step \d+: loss is (nan|inf)"):
+        P.pretrain(new_model(cfg, tok), data, tok.pad_token_id, schedule, progress=False)
+
+
+def test_a_compiled_build_without_a_compiler_is_refused_before_any_work(cache, monkeypatch):
+    import sdlib.organism.build as build_mod
+
+    monkeypatch.setenv("PATH", str(cache))  # no g++ or clang++ on it
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(build_mod, "make_corpus", lambda *a: pytest.fail("work was started"))
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*compile: false"):
+        build(variant("smoke", compile=True), progress=False)

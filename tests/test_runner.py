@@ -153,6 +153,7 @@ def test_notebooks_run_two_at_once_and_share_their_runs(tmp_path, capsys):
 
 
 def test_parallel_notebooks_start_in_order_and_02_only_after_01():
+    """(01 is slow here: 02 must wait for it even when a worker is free.)"""
     from sdlib.runner import run_parallel
 
     events, lock, running = [], threading.Lock(), []
@@ -166,9 +167,9 @@ def test_parallel_notebooks_start_in_order_and_02_only_after_01():
             running.remove(name)
             events.append(("end", name))
 
-    run_parallel(NOTEBOOKS[1:], 2, fake)
+    run_parallel(NOTEBOOKS, 2, fake)
     starts = [e[1] for e in events if e[0] == "start"]
-    assert starts[:3] == ["01_context_richness", "03_sdpo_vs_grpo", "05_task_coverage"]
+    assert starts[:3] == ["03_sdpo_vs_grpo", "05_task_coverage", "01_context_richness"]
     assert max(e[2] for e in events if e[0] == "start") == 2  # never more than 2 at once
     assert events.index(("end", "01_context_richness")) < [e[:2] for e in events].index(
         ("start", "02_sft_guided_vs_unguided")
@@ -278,3 +279,33 @@ def test_plan_counts_what_a_run_samples_and_trains(capsys):
     assert row["generated tokens"] == row["rollouts"] * 8  # every response at its cap
     assert row["trained tokens"] == 2 * 2 * 2 * 4 * 8
     assert "GPU-hours" in capsys.readouterr().out
+
+
+def test_a_run_says_where_its_time_went(smoke_run):
+    from sdlib.runner import time_table
+
+    root, _ = smoke_run
+    phases = json.loads((root / "03_sdpo_vs_grpo" / "timings.json").read_text())
+    assert phases["train: update"] > 0 and phases["evaluate"] > 0 and phases["load model"] > 0
+    assert "kernel start, papermill" in (root / "timings.md").read_text()
+    table = time_table(root, NOTEBOOKS)
+    assert list(table.index) == [*NOTEBOOKS, "total"]
+    parts = table.drop(columns="wall").loc[NOTEBOOKS]
+    assert (parts.sum(axis=1) - table.loc[NOTEBOOKS, "wall"]).abs().max() < 1e-6
+
+
+def test_time_table_splits_each_notebook_into_start_cells_and_phases(tmp_path):
+    from sdlib.runner import time_table
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_context_richness.done").write_text('{"seconds": 10.0}')
+    cells = [{"metadata": {"papermill": {"duration": d}}} for d in (1.0, None, 3.0)]
+    (tmp_path / "notebooks" / "01_context_richness.ipynb").write_text(json.dumps({"cells": cells}))
+    (tmp_path / "01_context_richness").mkdir()
+    phases = {"evaluate": 2.0, "other": 0.5}
+    (tmp_path / "01_context_richness" / "timings.json").write_text(json.dumps(phases))
+    table = time_table(tmp_path, ["00_model_organism", "01_context_richness"])  # 00: not run
+    row = table.loc["01_context_richness"]
+    assert list(table.index) == ["01_context_richness", "total"]
+    assert (row["wall"], row["kernel start, papermill"], row["imports, display"]) == (10, 6, 1.5)
+    assert (row["evaluate"], row["other"]) == (2.0, 0.5)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # layers above it only when it validates, never when it is imported.)
 LAYERS = [
     ("sdlib.settings", "sdlib.schema", "sdlib.prompts", "sdlib.behavior", "sdlib.grading",
-     "sdlib.metrics", "sdlib.progress"),
+     "sdlib.metrics", "sdlib.progress", "sdlib.clock", "sdlib.llama"),
     ("sdlib.config",),
     ("sdlib.problems", "sdlib.synthetic", "sdlib.rollout", "sdlib.organism"),
     ("sdlib.datasets",),

@@ -32,7 +32,7 @@ from sdlib.config import ContextConfig
 from sdlib.datasets import pooled
 from sdlib.experiments import tables
 from sdlib.experiments.evaluation import evaluate_policy
-from sdlib.experiments.results import Results
+from sdlib.experiments.results import Results, timed
 from sdlib.prompts import hint_prompt, strip_thinking, student_turn
 from sdlib.rollout import Sampling
 
@@ -95,6 +95,7 @@ def sample_conditions(cfg, problems, solution, seed: int) -> dict[str, pd.DataFr
     return runs
 
 
+@timed
 def run(cfg: ContextConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     pool = pooled(cfg.data, cfg.pool_limit)

@@ -21,7 +21,7 @@ from sdlib.config import CoverageConfig
 from sdlib.datasets import coverage_subset, load_benchmarks, pooled
 from sdlib.experiments import tables, training
 from sdlib.experiments.evaluation import checkpoint_evals, evaluate_seeds
-from sdlib.experiments.results import Results
+from sdlib.experiments.results import Results, timed
 from sdlib.problems import save_jsonl
 
 NAME = "05_task_coverage"
@@ -54,6 +54,7 @@ def train_score(trained) -> stats.Estimate:
     return stats.across_seeds(late)
 
 
+@timed
 def run(cfg: CoverageConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     sets = training_sets(cfg, res.folder)

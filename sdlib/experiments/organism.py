@@ -25,7 +25,7 @@ from sdlib.config import OrganismExperimentConfig
 from sdlib.datasets import load_benchmarks
 from sdlib.experiments import tables
 from sdlib.experiments.evaluation import evaluate_seeds
-from sdlib.experiments.results import Results
+from sdlib.experiments.results import Results, timed
 from sdlib.models import local_folder
 from sdlib.organism import build, checker, corpus
 from sdlib.organism.config import from_spec
@@ -92,6 +92,7 @@ def checks_table(samples: pd.DataFrame, problems: dict) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("benchmark")
 
 
+@timed
 def run(cfg: OrganismExperimentConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     premise = build.read_premise(local_folder(cfg.model))  # builds on first use (minutes)

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from sdlib import clock
 from sdlib.stats import pretty
+
+TIMINGS = "timings.json"
+
+
+def timed(run):
+    """An experiment's ``run(cfg) -> Results``, its seconds per phase (``sdlib.clock``)
+    written beside its results as ``timings.json`` (``sdlib run`` prints them)."""
+
+    @functools.wraps(run)
+    def wrapper(cfg, *args, **kwargs):
+        clock.reset()
+        with clock.phase("other"):
+            res = run(cfg, *args, **kwargs)
+        res.folder.mkdir(parents=True, exist_ok=True)
+        seconds = {k: round(v, 2) for k, v in clock.totals().items()}
+        (res.folder / TIMINGS).write_text(json.dumps(seconds, indent=1) + "\n")
+        return res
+
+    return wrapper
 
 
 class Results:
@@ -42,7 +64,8 @@ class Results:
 
         (self.folder / "figures").mkdir(parents=True, exist_ok=True)
         path = self.folder / "figures" / f"{name}.png"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        with clock.phase("figures"):
+            fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         self.figures[name] = path
         return path

@@ -21,7 +21,7 @@ from sdlib.config import OnPolicyConfig
 from sdlib.datasets import load_benchmarks
 from sdlib.experiments import tables, training
 from sdlib.experiments.evaluation import checkpoint_evals, evaluate_seeds
-from sdlib.experiments.results import Results
+from sdlib.experiments.results import Results, timed
 
 NAME = "03_sdpo_vs_grpo"
 CURVES = ["rollout/reward_mean", "rollout/len_tokens", "rollout/epi_total", "train/divergence"]
@@ -59,6 +59,7 @@ def compare(cfg, res: Results, runs: dict[str, list], title: str, notes=()) -> d
     return evals
 
 
+@timed
 def run(cfg: OnPolicyConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     runs = {

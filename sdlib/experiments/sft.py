@@ -21,7 +21,7 @@ from sdlib.config import SFTExperimentConfig
 from sdlib.datasets import load_benchmarks
 from sdlib.experiments import context, tables, training
 from sdlib.experiments.evaluation import evaluate_seeds
-from sdlib.experiments.results import Results
+from sdlib.experiments.results import Results, timed
 
 NAME = "02_sft_guided_vs_unguided"
 
@@ -57,6 +57,7 @@ def data_table(data: dict[str, Path], trained: dict[str, list]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("set")
 
 
+@timed
 def run(cfg: SFTExperimentConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     data = sft_sets(cfg)

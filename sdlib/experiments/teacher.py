@@ -12,13 +12,14 @@ from pathlib import Path
 
 from sdlib.config import TeacherConfig
 from sdlib.experiments import tables, training
-from sdlib.experiments.results import Results
+from sdlib.experiments.results import Results, timed
 from sdlib.experiments.sdpo_grpo import compare
 
 NAME = "04_fixed_vs_moving_teacher"
 FIXED = "SDPO fixed teacher"
 
 
+@timed
 def run(cfg: TeacherConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     # the fixed-teacher runs are notebook 03's SDPO runs when the parameters agree: the

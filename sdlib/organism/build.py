@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from sdlib.clock import phase
 from sdlib.organism import corpus, gate, language
 from sdlib.organism.config import REVISION, OrganismConfig, from_spec, variant
-from sdlib.organism.pretrain import pretrain
+from sdlib.organism.pretrain import compiler_missing, pretrain
 from sdlib.organism.tokenizer import build_tokenizer
 from sdlib.settings import cache_dir
 
@@ -63,9 +64,12 @@ def build(config: OrganismConfig | str = "organism", progress: bool = True) -> P
     cfg = resolve(config)
     target = folder_of(cfg)
     if not (target / "premise.json").exists():
+        if cfg.compile and (why := compiler_missing()):
+            raise RuntimeError(why)
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        _build_into(cfg, tmp, progress)
+        with phase("build organism"):
+            _build_into(cfg, tmp, progress)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first; its build is the same config

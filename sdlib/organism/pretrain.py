@@ -6,27 +6,40 @@ row), and all batches are shuffled. Rows are right-padded and no attention mask 
 passed: with causal attention a real token never sees the padding after it, so the fast
 ``is_causal`` kernel serves, and padding stays a few percent of the tokens.
 
-Loss: mean cross-entropy over trained target tokens, computed on their hidden states only
-(the LM head never runs on prompts or padding):
+Loss: mean cross-entropy over trained target tokens:
 
     L = -1/|S| sum_{(i,t) in S} log p(ids[i, t+1] | ids[i, <=t]),  S = trained next tokens
 
+The forward is ``sdlib.llama.hidden_states`` (transformers' Llama formulas in plain tensor
+ops, on the model's own weights); the head runs on every position (vocabulary ~500, so
+that costs ~3% and keeps every shape static but B and T).
+
 AdamW (betas 0.9/0.95, weight decay on matrices only), linear warm-up then cosine decay
 to ``lr_min_ratio * lr``, gradients clipped at 1.0, optional bf16 autocast (weights stay
-fp32). Everything is seeded, so one config, seed and thread count give the same weights.
+fp32). With ``compile`` the loss (forward and backward) and the clipped AdamW step run
+through ``torch.compile`` (inductor: fused C++ kernels on CPU; shapes dynamic, so each
+batch shape reuses one graph): ~2x the eager tokens/s on 2 cores (bench/organism_build.py),
+at the price of a C++ compiler and ~40 s of compiling on a cold cache. Compiled and eager
+kernels round differently, so the flag is part of the organism's key. Everything is
+seeded, so one config, seed and thread count give the same weights either way.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from sdlib import llama
 from sdlib.organism.corpus import Encoded
 from sdlib.progress import tqdm
 
@@ -45,6 +58,23 @@ class Schedule:
     batch_tokens: int = 4096
     bf16: bool = True
     seed: int = 0
+    compile: bool = False
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A pretraining step's loss was NaN or infinite: the schedule diverged."""
+
+
+def compiler_missing() -> str | None:
+    """Why ``torch.compile`` cannot build CPU kernels here, or None when it can."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
+    if any(shutil.which(n) for n in names):
+        return None
+    return (
+        f"the organism's compile: true needs a C++ compiler for torch.compile's CPU kernels "
+        f"and none of {names} is on PATH: install g++ (Debian: apt install g++) or set "
+        "compile: false (eager kernels; a different organism, built about 2x slower)"
+    )
 
 
 def make_batches(lengths, batch_tokens: int, rng: random.Random) -> list[list[int]]:
@@ -85,18 +115,64 @@ def collate(data: Encoded, rows: list[int], pad: int) -> tuple[torch.Tensor, tor
 
 def loss_on(model, inputs: torch.Tensor, targets: torch.Tensor, bf16: bool) -> torch.Tensor:
     """Mean next-token cross-entropy over the trained targets (see the module docstring)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        hidden = model.model(input_ids=inputs).last_hidden_state  # [B, T, H]
-        keep = targets != IGNORE
-        logits = model.lm_head(hidden[keep])  # [N, V]
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    return loss_from(model, model.model.embed_tokens(inputs), targets, bf16)
+
+
+def loss_from(model, x: torch.Tensor, targets: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """``loss_on`` from the token embeddings ``x`` [B, T, H] on: the part that is compiled.
+    (The lookup stays eager: inductor's embedding backward adds rows with atomics across
+    threads, so its sums, and the weights, would change from run to run.)"""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        hidden = llama.decoder(model, x)  # [B, T, H]
+        logits = model.lm_head(hidden)  # [B, T, V]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
 def _optimizer(model, s: Schedule) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": rest}]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    # a tensor learning rate: the compiled step reads it, so a new rate is no new graph
+    return torch.optim.AdamW(groups, lr=torch.tensor(s.lr), betas=(0.9, 0.95), weight_decay=0.0)
+
+
+class Stepper:
+    """One pretraining step: loss, backward, clip at 1.0, AdamW; compiled when asked."""
+
+    def __init__(self, model, s: Schedule):
+        if s.compile and not llama.supports(model):
+            raise ValueError(f"compile needs a plain Llama; got {type(model).__name__}")
+        self.model, self.s = model, s
+        self.opt = _optimizer(model, s)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if s.compile:  # a fresh start: graphs compiled for an earlier model are not reused
+            torch._dynamo.reset()
+            # AdamW.step's profiler hook is skipped when traced, and dynamo says so
+            logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)
+        self.loss = torch.compile(loss_from, dynamic=True) if s.compile else loss_from
+        self.update = torch.compile(self._update) if s.compile else self._update
+
+    def _update(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+
+    def __call__(self, step: int, total: int, inputs, targets) -> float:
+        lr = lr_at(step, total, self.s)
+        for group in self.opt.param_groups:
+            group["lr"].fill_(lr)
+        x = self.model.model.embed_tokens(inputs)  # [B, T, H]
+        loss = self.loss(self.model, x, targets, self.s.bf16)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(
+                f"pretraining step {step}: loss is {value} at lr {lr:.3g}; lower `lr` or raise "
+                "`warmup` (nothing was saved)"
+            )
+        loss.backward()
+        self.update()
+        self.opt.zero_grad(set_to_none=True)
+        return value
 
 
 def lr_at(step: int, total: int, s: Schedule) -> float:
@@ -118,23 +194,17 @@ def pretrain(
     """One pass over the corpus; returns figures: steps, tokens, seconds, tokens/s, loss."""
     lengths = data.lengths()
     batches = make_batches(lengths, s.batch_tokens, random.Random(s.seed))
-    opt = _optimizer(model, s)
+    stepper = Stepper(model, s)
     model.train()
     tokens = int(lengths.sum())
     bar = tqdm(total=tokens, unit="tok", unit_scale=True, desc="pretrain", disable=not progress)
     start, seen, smooth = time.perf_counter(), 0, None
     for step, rows in enumerate(batches):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, len(batches), s)
         inputs, targets = collate(data, rows, pad)
-        loss = loss_on(model, inputs, targets, s.bf16)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = stepper(step, len(batches), inputs, targets)
         n = int(lengths[rows].sum())
         seen += n
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
         bar.update(n)
         bar.set_postfix(loss=f"{smooth:.3f}", refresh=False)
         if on_step is not None:
@@ -149,5 +219,6 @@ def pretrain(
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / seconds),
         "threads": torch.get_num_threads(),
+        "compiled": s.compile,
         "final_loss": round(smooth or float("nan"), 4),
     }

@@ -18,7 +18,8 @@ from sdlib.train.trackers import LOGGERS
 # 4: rollouts sampled by inverse CDF (``sdlib.rollout.SAMPLER``), not Gumbel-max.
 # 5: SDPO's distillation with a frozen head fused (``sdlib.head.Head.distill``): the same
 # arithmetic in another order, so values differ in the last bits.
-REVISION = 5
+# 6: rollouts of a plain Llama decoded by ``sdlib.llama``'s forward (last bits differ).
+REVISION = 6
 
 ALGORITHMS = {"grpo": GRPO, "sdpo": SDPO, "sft": SFT}
 

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from sdlib.clock import phase
 from sdlib.losses import loss_normalizer
 from sdlib.metrics import check_row, token_metrics
 from sdlib.progress import tqdm
@@ -131,10 +132,12 @@ def _mean(values: torch.Tensor) -> float | None:
 def one_step(algo, model, cfg, step, opt, sched, run: RunFolder, dist: Dist = SINGLE) -> dict:
     """Phases 1-6 of one step (module docstring); returns its checked metrics row."""
     start = time.perf_counter()
-    batch = algo.batch(step, dist)  # 1-4
+    with phase("train: rollouts and grading"):
+        batch = algo.batch(step, dist)  # 1-4
     ready = time.perf_counter()
-    stats = update_phase(algo, model, batch, opt, sched, cfg, dist)  # 5
-    algo.after_step(model)  # the EMA teacher moves once per step, as in the reference
+    with phase("train: update"):
+        stats = update_phase(algo, model, batch, opt, sched, cfg, dist)  # 5
+        algo.after_step(model)  # the EMA teacher moves once per step, as in the reference
     done = time.perf_counter()
     sampled = dist.main and cfg.sample_every and step % cfg.sample_every == 0
     if sampled and (samples := algo.samples(batch, step)):  # 6
@@ -176,7 +179,8 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
                 run.append(METRICS_FILE, [row])
                 log_row(cfg, run, row)
             if dist.main and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
-                save_checkpoint(run, step + 1, policy.model, opt, sched, algo)
+                with phase("train: checkpoints"):
+                    save_checkpoint(run, step + 1, policy.model, opt, sched, algo)
         if dist.main:
             done = {"steps": total, "requested_steps": cfg.steps}
             write_atomic(run.file(DONE_FILE), json.dumps(done))
