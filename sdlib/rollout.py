@@ -38,8 +38,8 @@ _CACHE_KW = (
 
 # Below this hidden size a decode step's matrix products are too small to split across
 # threads: with OMP_WAIT_POLICY=PASSIVE (sdlib's default) each op wakes the sleeping pool,
-# and one thread decodes the organism (hidden 128) 1.8x faster than two
-# (bench/decode_threads.py); spinning threads (ACTIVE) do not pay that cost.
+# and one thread decodes the organism (hidden 128) 1.5-1.8x faster than two
+# (bench/decode.py); spinning threads (ACTIVE) do not pay that cost.
 SMALL_HIDDEN = 256
 # how a row's tokens are drawn from its seed; evaluations record it, so samples drawn
 # by an older scheme are not resumed as if current (a plain Llama's logits now come from
@@ -184,7 +184,7 @@ class RowUniform:
 class GrowingLayer(DynamicLayer):
     """A layer's keys and values in a buffer with spare room, doubled when full: appending
     a token writes it in place, where ``DynamicLayer`` copies the whole cache for every
-    token (1.31x slower at 200 rows of the organism, bench/decode_threads.py)."""
+    token (1.31x slower at 200 rows of the organism, measured 2026-12-01)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         super().__init__()
@@ -396,7 +396,7 @@ class LeanSide:
     """The model side of the decode loop for a plain Llama (with or without LoRA):
     ``sdlib.llama.forward`` on a snapshot of the weights over a static cache, a few dozen
     tensor ops per token where transformers' forward runs hundreds
-    (bench/decode_threads.py)."""
+    (bench/decode.py)."""
 
     def __init__(self, snap: llama.Snapshot):
         self.snap = snap

@@ -134,6 +134,7 @@ def run(
         (root / "notebooks").mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         build_organisms(params)
+        built = time.perf_counter() - started
         step = _Step(names, root, params, started)
         if jobs == 1:
             for name in names:
@@ -141,24 +142,25 @@ def run(
         else:
             _in_parallel(step, names, jobs)
         md, html = write_report(root, names)
-        spent = time_table(root, names)
+        spent = time_table(root, names, built)
         write_atomic(root / "timings.md", spent.to_markdown(floatfmt=".0f") + "\n")
     # the tables, in the terminal too (figures: see the report)
     print("\n".join(x for x in md.read_text().splitlines() if not x.startswith("![")))
     print(f"[sdlib run] report: {md} and {html} (one file, figures inside)")
     print(
-        f"[sdlib run] where the time went, seconds per notebook ({jobs} at a time after "
-        f"00; the run took {_clock(started)}; also in {root / 'timings.md'}):"
+        f"[sdlib run] where the time went, seconds per notebook ({jobs} at a time; the run "
+        f"took {_clock(started)}; also in {root / 'timings.md'}):"
     )
     print(spent.to_markdown(floatfmt=".0f"))
     return root
 
 
-def time_table(root: Path, names: list[str]) -> pd.DataFrame:
+def time_table(root: Path, names: list[str], built: float = 0.0) -> pd.DataFrame:
     """Seconds per notebook and phase: its wall time (``<name>.done``), the kernel's start
     and papermill (wall minus the cells' own time), imports and display (cells minus the
-    experiment's phases), and the experiment's phases (``timings.json``, ``sdlib.clock``)."""
-    rows = {}
+    experiment's phases), and the experiment's phases (``timings.json``, ``sdlib.clock``);
+    first, when it took a while, the organisms' build (``built`` seconds)."""
+    rows = {"build organisms": {"wall": built, "build organism": built}} if built > 1 else {}
     for name in names:
         done = root / "notebooks" / f"{name}.done"
         try:
@@ -214,14 +216,15 @@ class _Step:
 NEEDS = {"02_sft_guided_vs_unguided": "01_context_richness"}  # 01 writes D_ug and D_sg
 # the order notebooks start in when several run at once: the two long ones first (05
 # reaches the |D| = 1,200 runs it shares with 03 after its own, by when 03 has trained
-# them), then the short ones to fill the gaps, 02 after 01 (organism preset, one core
-# each: 03 3.7 min, 05 4.7, 01 0.8, 00 0.6, 04 1.5, 02 0.8); any other notebook after these
+# them), then the short ones so that the two workers end together, 02 after 01
+# (organism preset, one core each: 03 3.4 min, 05 4.4, 01 0.7, 04 1.4, 00 0.5, 02 0.9);
+# any other notebook after these, in study order
 START_ORDER = [
     "03_sdpo_vs_grpo",
     "05_task_coverage",
     "01_context_richness",
-    "00_model_organism",
     "04_fixed_vs_moving_teacher",
+    "00_model_organism",
     "02_sft_guided_vs_unguided",
 ]
 

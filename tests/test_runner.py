@@ -307,5 +307,8 @@ def test_time_table_splits_each_notebook_into_start_cells_and_phases(tmp_path):
     table = time_table(tmp_path, ["00_model_organism", "01_context_richness"])  # 00: not run
     row = table.loc["01_context_richness"]
     assert list(table.index) == ["01_context_richness", "total"]
+    built = time_table(tmp_path, ["01_context_richness"], built=30.0)
+    assert list(built.index) == ["build organisms", "01_context_richness", "total"]
+    assert built.loc["total", "wall"] == 40 and built.loc["total", "build organism"] == 30
     assert (row["wall"], row["kernel start, papermill"], row["imports, display"]) == (10, 6, 1.5)
     assert (row["evaluate"], row["other"]) == (2.0, 0.5)
