@@ -2,6 +2,8 @@
 
     with phase("evaluate"):
         ...                                   # seconds charged to "evaluate"
+    @phase("load model")                      # or every call of a function
+    def load_policy(...): ...
     totals()                                  # {"evaluate": 12.3, ...}
 
 A phase inside another is charged to itself alone: the outer one gets its own time minus

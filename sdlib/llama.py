@@ -161,9 +161,10 @@ class Snapshot:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if not supports(base) or type(base.model.embed_tokens) is not torch.nn.Embedding:
             return None
-        if base.model.embed_tokens.weight.dtype not in (torch.float32, torch.float64):
-            # bf16 weights: a LoRA delta added in would mostly round away, and peft applies
-            # it in float32 beside them; transformers' forward keeps that arithmetic
+        weight = base.model.embed_tokens.weight
+        if weight.dtype not in (torch.float32, torch.float64) or weight.device.type != "cpu":
+            # bf16: a LoRA delta added in would mostly round away (peft applies it in float32
+            # beside the weights); a GPU: transformers' path there is the one run on CUDA
             return None
         layers = []
         for layer in base.model.layers:

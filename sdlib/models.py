@@ -86,6 +86,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@phase("load model")
 def load_policy(
     spec: str = DEFAULT_MODEL,
     *,
@@ -104,12 +105,6 @@ def load_policy(
     staying ``spec``'s."""
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"model spec must be a non-empty string, got {spec!r}")
-    with phase("load model"):
-        return _load(spec, dtype, device, lora, adapter, load_in_4bit, trust_remote_code,
-                     gradient_checkpointing)  # fmt: skip
-
-
-def _load(spec, dtype, device, lora, adapter, load_in_4bit, trust_remote_code, checkpointing):
     torch_dtype = resolve_dtype(dtype)
     weights = None
     if adapter is not None and is_full_weights(adapter):
@@ -130,7 +125,7 @@ def _load(spec, dtype, device, lora, adapter, load_in_4bit, trust_remote_code, c
     if not load_in_4bit:
         model = model.to(device)
     _prepare_tokenizer(tok)
-    if checkpointing:
+    if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     model = _attach_adapter(model, lora, adapter, load_in_4bit)

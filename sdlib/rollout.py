@@ -317,7 +317,7 @@ class TransformersBackend:
         lengths = torch.tensor([len(p) for p in unique], device=device)
         prompt_mask = torch.arange(width, device=device) >= (width - lengths)[:, None]
         side = self.side or HFSide(self.model)
-        logits = side.prefill(ids, prompt_mask, copy_of, width + s.max_new_tokens)
+        logits = side.prefill(ids, prompt_mask, copy_of)
         # the attention mask of every position to come: the prompt's, then the new tokens'
         mask = prompt_mask[copy_of]
         mask = torch.cat([mask, mask.new_ones(len(mask), s.max_new_tokens)], dim=1)
@@ -364,7 +364,7 @@ class HFSide:
     def __init__(self, model):
         self.model = model
 
-    def prefill(self, ids, prompt_mask, copy_of, length):
+    def prefill(self, ids, prompt_mask, copy_of):
         mask = prompt_mask.long()
         out = self.model(
             input_ids=ids,
@@ -394,14 +394,14 @@ class HFSide:
 
 class LeanSide:
     """The model side of the decode loop for a plain Llama (with or without LoRA):
-    ``sdlib.llama.forward`` on a snapshot of the weights over a static cache, a few dozen
+    ``sdlib.llama.forward`` on a snapshot of the weights over a block cache, a few dozen
     tensor ops per token where transformers' forward runs hundreds
     (bench/decode.py)."""
 
     def __init__(self, snap: llama.Snapshot):
         self.snap = snap
 
-    def prefill(self, ids, prompt_mask, copy_of, length):
+    def prefill(self, ids, prompt_mask, copy_of):
         u, width = ids.shape
         cache = llama.BlockCache(self.snap, u, self.snap.embed.dtype, ids.device)
         positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
