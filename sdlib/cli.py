@@ -8,6 +8,7 @@ import sys
 import typing
 
 from sdlib import config as cfgmod
+from sdlib.schema import read_yaml
 from sdlib.settings import REPO_ROOT
 
 
@@ -114,11 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             run = train(schema_from_args(cfgmod.TrainConfig, args))
             print(f"run folder: {run.path}")
         elif args.command == "run":
-            import yaml
-
             from sdlib.runner import plan, run
 
-            overrides = {k: yaml.safe_load(v) for k, v in args.p}
+            overrides = {k: read_yaml(v, f"-p {k} {v!r}") for k, v in args.p}
             if args.plan:
                 plan(args.notebooks, args.preset, overrides, args.mean_response)
             else:
@@ -126,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     except cfgmod.ConfigError as err:
         print(f"sdlib: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "sdlib: interrupted; the same command resumes where this one stopped", file=sys.stderr
+        )
+        return 130
     except (OSError, ValueError, RuntimeError) as err:
         # model or data not found, a busy run folder, a notebook failed: the message says
         # the fix, so no traceback

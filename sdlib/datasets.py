@@ -231,6 +231,8 @@ def _load_organism(spec: str) -> ProblemSet:
         raise ValueError(f"{spec!r}: no family {family!r}; the organism has {sorted(sets)}")
     problems = [p for n in names for p in sets[n][split]]
     if len(parts) > 2 and parts[2]:
+        if not parts[2].isdigit():
+            raise ValueError(f"{spec!r}: the count {parts[2]!r} is not a whole number; {form}")
         problems = problems[: int(parts[2])]
     return ProblemSet(spec, problems)
 
@@ -330,6 +332,12 @@ def load_benchmarks(specs: list[str], limit: int = 0) -> dict[str, list[Problem]
         problems = list(loaded)
         sets[loaded.name] = problems[:limit] if limit else problems
     return sets
+
+
+def check_specs(specs: list[str]) -> None:
+    """Load each problem set once, so a bad or missing one is named before any work."""
+    for spec in dict.fromkeys(specs):
+        load_problems(spec)
 
 
 def pooled(specs: list[str], limit: int = 0) -> list[Problem]:

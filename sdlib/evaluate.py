@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import warnings
 from collections import Counter
@@ -35,7 +36,14 @@ from sdlib.problems import Problem
 from sdlib.progress import tqdm
 from sdlib.prompts import chat, student_turn, system_of
 from sdlib.rollout import Sampling
-from sdlib.runfolder import RunFolder, append_jsonl, read_jsonl, rewrite_jsonl
+from sdlib.runfolder import (
+    RunFolder,
+    append_jsonl,
+    file_digest,
+    read_jsonl,
+    rewrite_jsonl,
+    write_atomic,
+)
 
 SAMPLES_FILE = "samples.jsonl"
 # the paper's evaluation sampling (R1-Distill): T 0.6, top-p 0.95
@@ -213,7 +221,8 @@ def summarize(samples: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
 
 
 def _summary_row(g: pd.DataFrame, k: int | None) -> dict:
-    per_problem = g.groupby("problem_id")
+    # a problem is (benchmark, id): two sets may both have a problem "1"
+    per_problem = g.groupby(["benchmark", "problem_id"])
     n = int(per_problem.size().min())
     k = min(k or n, n)
     c = per_problem["correct"].sum()
@@ -258,6 +267,9 @@ def run_eval(cfg) -> EvalResult:
     check_limits(cfg.model, cfg.max_new_tokens)
     benchmarks = load_benchmarks(cfg.data, cfg.limit)
     out = Path(cfg.out) if cfg.out else None
+    if out is not None:
+        with RunFolder(out).lock():  # a busy folder is refused here, before any loading
+            claim_eval_folder(out, eval_identity(cfg))
     policy = load_policy(cfg.model, dtype=cfg.dtype, device=cfg.device, adapter=cfg.lora or None)
     if out is not None:
         save(cfg, out / "params.yaml")
@@ -278,6 +290,48 @@ def run_eval(cfg) -> EvalResult:
         result.table.to_csv(out / "table.csv")
     print(format_table(result.table))
     return result
+
+
+# what may change between runs on one ``sdlib eval`` folder: neither changes a sample
+EVAL_RESUMABLE = {"out", "gen_batch"}
+IDENTITY = "identity.json"
+
+
+def eval_identity(cfg) -> dict:
+    """What decides an ``sdlib eval`` folder's samples: every parameter but
+    ``EVAL_RESUMABLE``, the adapter's bytes (not its path) and the sampler's version."""
+    from sdlib.rollout import SAMPLER
+
+    fields = {k: v for k, v in vars(cfg).items() if k not in EVAL_RESUMABLE}
+    fields["lora"] = file_digest(Path(cfg.lora)) if cfg.lora else ""
+    return {**fields, "sampler": SAMPLER}
+
+
+def claim_eval_folder(out: Path, identity: dict) -> None:
+    """Record ``identity`` in ``out``; refuse (ConfigError) a folder whose samples were made
+    by another evaluation, or by one that recorded nothing (an older sdlib)."""
+    from sdlib.schema import ConfigError
+
+    record = out / IDENTITY
+    if read_jsonl(out / SAMPLES_FILE):
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, ValueError):
+            before = None
+        if not isinstance(before, dict):
+            raise ConfigError(
+                f"{out} holds samples with no record of what made them; give another --out "
+                "(or delete the folder)"
+            )
+        changed = sorted(
+            k for k in identity.keys() | before.keys() if identity.get(k) != before.get(k)
+        )
+        if changed:
+            raise ConfigError(
+                f"{out} holds samples of another evaluation ({', '.join(changed)} differ); "
+                "give another --out, or the same parameters to resume"
+            )
+    write_atomic(record, json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
 
 def format_table(table: pd.DataFrame) -> str:

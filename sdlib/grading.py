@@ -845,6 +845,8 @@ def grade(pred: str | None, gold: str, timeout: float = 5.0) -> Grade:
 
     ``timeout`` bounds the symbolic check's wall clock (time spent waiting for another
     thread's check, or for a fresh worker to import sympy, comes on top). Thread-safe."""
+    if not isinstance(pred, str):  # a number from a caller's own parsing: graded as text
+        pred = None if pred is None or isinstance(pred, bool) else str(pred)
     if pred is None or not pred.strip():
         return Grade(False, "no_answer")
     pred, gold = pred.strip(), str(gold).strip()
@@ -858,4 +860,6 @@ def is_equivalent(pred: str | None, gold: str, timeout: float = 5.0) -> bool:
 
 def grade_response(response_text: str, gold: str, timeout: float = 5.0) -> Grade:
     """Extract the final answer of a full response and grade it against ``gold``."""
+    if not isinstance(response_text, str):
+        return Grade(False, "no_answer")
     return grade(extract_answer(response_text), gold, timeout)

@@ -191,7 +191,8 @@ def _hub_snapshot(repo_id: str) -> str:
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
         )
     except Exception as err:
-        raise ModelNotFoundError(f"{_not_cached(repo_id)} (download failed: {err})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelNotFoundError(f"{_not_cached(repo_id)} (download failed: {first})") from err
 
 
 def _not_cached(repo_id: str) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,35 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
         f.writelines(json.dumps(r, default=_plain) + "\n" for r in rows)
         f.flush()
         os.fsync(f.fileno())
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a folder's files (names and bytes) or of one file: a run's identity that
+    survives moving the folder. A peft ``adapter_config.json`` counts by its content, keys
+    and ``target_modules`` sorted (peft writes that set in an order that varies by process,
+    so two identical adapters would otherwise differ)."""
+    path = Path(path)
+    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+        if p.name == "adapter_config.json":
+            digest.update(_canonical_adapter_config(p))
+            continue
+        with p.open("rb") as f:  # in blocks: a whole model's weights need not fit in memory
+            for block in iter(lambda f=f: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _canonical_adapter_config(path: Path) -> bytes:
+    try:
+        config = json.loads(path.read_text())
+    except ValueError:
+        return path.read_bytes()  # not JSON: its bytes, as any other file
+    if isinstance(config, dict) and isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(map(str, config["target_modules"]))
+    return json.dumps(config, sort_keys=True).encode()
 
 
 def rewrite_jsonl(path: Path, rows: list[dict]) -> None:
@@ -200,16 +230,27 @@ class RunFolder:
         manifest; built aside, renamed whole."""
         target = self.path / CHECKPOINTS / f"step_{step}"
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp / ("adapter" if hasattr(model, "peft_config") else "model"))
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-            tmp / "state.safetensors",
-        )
-        write_atomic(tmp / "state.json", json.dumps(state, allow_nan=True))
-        write_manifest(tmp)
+        for stale in target.parent.glob("step_*.tmp*"):  # the lock is ours: none is live
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(
+                    tmp / ("adapter" if hasattr(model, "peft_config") else "model")
+                )
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                tmp / "state.safetensors",
+            )
+            write_atomic(tmp / "state.json", json.dumps(state, allow_nan=True))
+            write_manifest(tmp)
+        except (OSError, SafetensorError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise OSError(
+                f"checkpoint step_{step} could not be written under {self.path} ({reason}); "
+                "nothing of it was kept: free space, then rerun to resume from the last one"
+            ) from None
         if target.exists():  # a damaged checkpoint of this step: replaced by the new one
             shutil.rmtree(target)
         tmp.rename(target)

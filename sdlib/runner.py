@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import sys
 import threading
@@ -61,17 +62,27 @@ def presets() -> list[str]:
     return sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir())
 
 
-def preset_values(name: str, preset: str) -> dict:
+def preset_values(name: str, preset: str, seen: tuple[str, ...] = ()) -> dict:
     """The YAML values of notebook ``name`` at ``preset``. A preset folder may hold
     ``_preset.yaml`` with ``extends: <preset>`` and ``set: {...}``: the other preset's values
     with these on top (then the folder's own ``<name>.yaml``, if any)."""
     folder = PARAMS_DIR / preset
     if not folder.is_dir():
         raise cfgmod.ConfigError(f"no preset {preset!r}; presets: {presets()}")
+    if preset in seen:
+        chain = " -> ".join([*seen, preset])
+        raise cfgmod.ConfigError(f"presets extend each other in a circle: {chain}")
     values, own = {}, folder / f"{name}.yaml"
     if (folder / "_preset.yaml").exists():
         spec = cfgmod.read_yaml((folder / "_preset.yaml").read_text(), str(folder / "_preset.yaml"))
-        values = preset_values(name, spec["extends"])
+        where = folder / "_preset.yaml"
+        if not isinstance(spec, dict) or not isinstance(spec.get("extends"), str):
+            raise cfgmod.ConfigError(
+                f"{where}: expected a mapping with extends: <preset> and set: {{...}}, got {spec!r}"
+            )
+        if not isinstance(spec.get("set") or {}, dict):
+            raise cfgmod.ConfigError(f"{where}: set must be a mapping of parameter: value")
+        values = preset_values(name, spec["extends"], (*seen, preset))
         values.update({k: v for k, v in (spec.get("set") or {}).items()
                        if k in cfgmod.EXPERIMENTS[name].__dataclass_fields__})  # fmt: skip
     elif not own.exists():
@@ -125,11 +136,9 @@ def run(
     if not isinstance(jobs, int) or jobs < 1:
         raise cfgmod.ConfigError(f"jobs = {jobs!r}: give a positive whole number (1: in turn)")
     root = Path(out or f"runs/{preset}/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    known = set().union(*(cfgmod.EXPERIMENTS[n].__dataclass_fields__ for n in names))
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise cfgmod.ConfigError(f"-p {unknown}: no selected notebook has such a parameter")
+    check_overrides(names, overrides)
     params = {n: notebook_params(n, preset, root, overrides) for n in names}  # all before any
+    preflight(params)
     with RunFolder(root).lock():
         (root / "notebooks").mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -182,6 +191,29 @@ def time_table(root: Path, names: list[str], built: float = 0.0) -> pd.DataFrame
     if len(table):
         table.loc["total"] = table.sum()
     return table
+
+
+def check_overrides(names: list[str], overrides: dict) -> None:
+    """Refuse a ``-p`` name no selected notebook has."""
+    known = set().union(*(cfgmod.EXPERIMENTS[n].__dataclass_fields__ for n in names))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise cfgmod.ConfigError(f"-p {unknown}: no selected notebook has such a parameter")
+
+
+def preflight(params: dict) -> None:
+    """What can fail without the weights, checked for every notebook before the first one
+    starts: the device, each model's existence and context, each problem set."""
+    from sdlib.datasets import check_specs
+    from sdlib.models import check_device, check_limits
+
+    for name, p in params.items():
+        try:
+            check_device(p["device"])
+            check_limits(p["model"], p["max_new_tokens"])
+            check_specs([*p.get("data", []), *p.get("eval_data", [])])
+        except (OSError, ValueError) as err:
+            raise type(err)(f"{name}: {err}") from None
 
 
 class _Step:
@@ -322,6 +354,11 @@ def plan(names: list[str], preset: str, overrides: dict | None = None, mean_resp
     from sdlib.datasets import load_benchmarks
 
     names, rows = resolve(names), {}
+    check_overrides(names, overrides or {})
+    if mean_response is not None and not (math.isfinite(mean_response) and mean_response > 0):
+        raise cfgmod.ConfigError(
+            f"--mean-response {mean_response}: give a positive number of tokens"
+        )
     device, peak = cost.device_peak()
     for name in names:
         values = notebook_params(name, preset, Path("plan"), overrides or {})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import field
@@ -64,6 +65,30 @@ def check_types(cfg) -> None:
                 f"{type(cfg).__name__}.{f.name} = {value!r} "
                 f"({type(value).__name__}); expected {name}: {f.metadata.get('help')}"
             )
+        if (where := non_finite(value)) is not None:
+            raise ConfigError(
+                f"{type(cfg).__name__}.{f.name}{where} is not a finite number; give a finite "
+                f"value: {f.metadata.get('help')}"
+            )
+
+
+def non_finite(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` (a number, or lists and mappings of them) a NaN or an infinity
+    sits (``""`` for the value itself, ``"[2]"``, ``".lr"``), or None when there is none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} = {value!r}"
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        found = non_finite(item, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def from_dict(cls, values: dict[str, Any]):

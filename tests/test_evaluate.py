@@ -2,8 +2,10 @@ import itertools
 import json
 import math
 
+import pandas as pd
 import pytest
 
+from sdlib.behavior import EPISTEMIC_WORDS
 from sdlib.evaluate import SAMPLES_FILE, evaluate, pass_at_k, summarize
 from sdlib.metrics import expected_keys
 from sdlib.problems import Problem
@@ -292,3 +294,21 @@ def test_a_fully_fine_tuned_checkpoint_is_evaluated_with_its_own_weights(tmp_pat
     assert got.token_ids == want.token_ids != base.token_ids
     for a, b in zip(got.logprobs, want.logprobs, strict=True):
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+
+
+def test_two_sets_sharing_problem_ids_stay_apart_in_the_overall_row():
+    from sdlib.evaluate import summarize
+
+    def rows(bench, correct):
+        return [
+            {"benchmark": bench, "problem_id": "1", "correct": c, "pred": "1", "len_tokens": 5,
+             "epi_total": 0, "epi_total_word": 0, "finish": "stop", "sample": i,
+             **{f"epi/{w}": 0 for w in EPISTEMIC_WORDS}}
+            for i, c in enumerate(correct)
+        ]  # fmt: skip
+
+    samples = pd.DataFrame(rows("a", [True, True]) + rows("b", [False, False]))
+    table = summarize(samples, k=2)
+    overall = table.loc["overall"]
+    assert overall["eval/problems"] == 2 and overall["eval/k"] == 2
+    assert overall["eval/pass@k"] == 0.5 and overall["eval/maj@k"] == 0.5

@@ -435,3 +435,12 @@ def test_perturbation_is_unequal_for_numbers():
 )
 def test_equations_count_only_as_variable_equals_value(pred, gold, ok):
     assert grade(pred, gold).correct is ok
+
+
+@pytest.mark.parametrize(
+    "pred, gold, correct",
+    [(3, "3", True), (3.0, "3", True), (4, "3", False), (True, "1", False), (None, "3", False)],
+)
+def test_the_grader_takes_any_value_and_never_raises(pred, gold, correct):
+    assert grade(pred, gold).correct is correct
+    assert grade_response(pred, gold).correct is False or isinstance(pred, str)

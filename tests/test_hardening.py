@@ -3,6 +3,7 @@ from disk is unpickled, one writer at a time, no duplicated rows, damaged files 
 and their work redone, and every bad value is one line before anything loads or is written.
 """
 
+import math
 import os
 import pickle
 import random
@@ -229,7 +230,61 @@ BAD = [
     (["train", "ppo"], 2, "algo = 'ppo'; expected one of ['grpo', 'sdpo', 'sft']"),
     (["eval", "--limit", "-5"], 2, "limit = -5; expected a number in [0"),
     (["eval", "--data", "no-such-set"], 1, "cannot load problems from 'no-such-set'"),
+    (["eval", "--data", "organism:all:heldout:abc"], 1, "the count 'abc' is not a whole number"),
+    (["eval", "--temperature", "inf"], 2, "temperature = inf is not a finite number"),
+    (["train", "grpo", "--lr", "nan"], 2, "lr = nan is not a finite number"),
 ]
+
+RUN_BAD = [
+    (["03", "-p", "eval_data", "[no-such-set]"], 1, "03_sdpo_vs_grpo: cannot load problems"),
+    (["05", "-p", "model", "no-such-folder/model"], 1, "05_task_coverage: "),
+    (["03", "-p", "eval_k", "[1,"], 2, "not valid YAML"),
+    (["03", "--plan", "-p", "no_such_knob", "1"], 2, "no selected notebook has such a parameter"),
+    (["03", "--plan", "--mean-response", "-5"], 2, "--mean-response -5.0: give a positive"),
+    (["03", "--plan", "--mean-response", "nan"], 2, "--mean-response nan: give a positive"),
+]
+
+
+@pytest.mark.parametrize("argv, code, message", RUN_BAD, ids=[" ".join(b[0]) for b in RUN_BAD])
+def test_bad_run_input_is_one_line_before_any_notebook_runs(tmp_path, capsys, argv, code, message):
+    out = tmp_path / "run"
+    assert cli.main(["run", *argv, "--preset", "smoke", "--out", str(out)]) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_an_interrupt_is_one_line_saying_the_command_resumes(monkeypatch, capsys):
+    import sdlib.evaluate
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sdlib.evaluate, "run_eval", interrupted)
+    assert cli.main(["eval"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "interrupted" in err and "resumes" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("- extends: smoke\n", "expected a mapping with extends"),
+        ("set: {seeds: [0]}\n", "expected a mapping with extends"),
+        ("extends: loop\n", "presets extend each other in a circle: loop -> loop"),
+        ("extends: smoke\nset: [1]\n", "set must be a mapping"),
+    ],
+)
+def test_a_malformed_derived_preset_is_named(tmp_path, monkeypatch, spec, message):
+    from sdlib import runner
+    from sdlib.config import ConfigError
+
+    (tmp_path / "smoke").symlink_to(runner.PARAMS_DIR / "smoke")
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "_preset.yaml").write_text(spec)
+    monkeypatch.setattr(runner, "PARAMS_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        runner.preset_values("03_sdpo_vs_grpo", "loop")
 
 
 @pytest.mark.parametrize("argv, code, message", BAD, ids=[" ".join(b[0][:4]) for b in BAD])
@@ -362,3 +417,119 @@ def test_an_adapter_saved_as_a_pickle_is_refused(tmp_path):
     with pytest.raises(ModelNotFoundError, match="safetensors only"):
         load_policy("tiny-random:2x64", adapter=tmp_path)
     assert not marker.exists()
+
+
+def _damage(path: Path, how: str) -> None:
+    lines_ = path.read_text().splitlines(keepends=True)
+    middle = len(lines_) // 2
+    if how == "garbled":
+        lines_[middle] = lines_[middle][: len(lines_[middle]) // 2] + "\n"
+    else:  # repeated
+        lines_.insert(middle + 1, lines_[middle])
+    path.write_text("".join(lines_))
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "samples.jsonl"])
+@pytest.mark.parametrize("how", ["garbled", "repeated"])
+def test_a_finished_run_with_a_damaged_row_is_repaired_by_a_rerun(
+    tmp_path, whole, graded, name, how
+):
+    import shutil
+    import warnings
+
+    out = tmp_path / "run"
+    shutil.copytree(whole, out)
+    _damage(out / name, how)
+    assert rows(out, name) != rows(whole, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the damaged line is named in a warning
+        train(cfg_for(out))
+    assert_same_run(out, whole, 4)
+
+
+def test_a_non_finite_update_stops_the_run_naming_the_step_and_keeps_the_checkpoint(
+    tmp_path, graded, monkeypatch
+):
+    out = tmp_path / "run"
+    real = loop.update_phase
+
+    def poisoned(algo, model, batch, opt, sched, cfg, dist=loop.SINGLE):
+        if poisoned.calls == 2:  # the third step's update: its gradient turns to NaN
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.register_hook(lambda g: g * float("nan"))
+                    break
+        poisoned.calls += 1
+        return real(algo, model, batch, opt, sched, cfg, dist)
+
+    poisoned.calls = 0
+    monkeypatch.setattr(loop, "update_phase", poisoned)
+    with pytest.raises(
+        loop.NonFiniteUpdate, match=r"grpo step 2: .*not finite|grpo step 2: the loss"
+    ):
+        train(cfg_for(out))
+    assert [r["step"] for r in RunFolder(out).read("metrics.jsonl")] == [0, 1]
+    assert RunFolder(out).latest()[0] == 2
+    assert all(
+        math.isfinite(v)
+        for r in RunFolder(out).read("metrics.jsonl")
+        for v in r.values()
+        if isinstance(v, float)
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--lr", "inf"], ["--lr", "nan"], ["--temperature", "inf"], ["--set", "kl_coef=.nan"]],
+)
+def test_non_finite_training_values_are_refused_in_one_line(tmp_path, capsys, args):
+    code = cli.main(["train", "grpo", "--out", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a finite number" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_eval_folder_never_serves_another_models_samples(tmp_path, capsys, monkeypatch):
+    base = ["eval", "--data", "synthetic:addition:1:4", "--k", "1", "--max-new-tokens", "4"]
+    out = str(tmp_path / "e")
+    assert cli.main([*base, "--model", "tiny-random:2x64", "--out", out]) == 0
+    first = (tmp_path / "e" / "samples.jsonl").read_text()
+    import sdlib.models
+
+    monkeypatch.setattr(sdlib.models, "load_policy", lambda *a, **k: pytest.fail("loaded"))
+    capsys.readouterr()
+    others = (
+        ["--model", "tiny-random:1x64"],
+        ["--model", "tiny-random:2x64", "--temperature", "0.3"],
+    )
+    for other in others:
+        assert cli.main([*base, *other, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert "holds samples of another evaluation" in err and err.count("\n") == 1
+    assert (tmp_path / "e" / "samples.jsonl").read_text() == first
+    assert "tiny-random:2x64" in (tmp_path / "e" / "params.yaml").read_text()
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(
+    tmp_path, whole, graded, monkeypatch
+):
+    from safetensors import SafetensorError
+
+    import sdlib.runfolder as rf
+
+    out = tmp_path / "run"
+    real = rf.save_file
+
+    def full(tensors, path, *a, **k):
+        if "step_4" in str(path):
+            raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(rf, "save_file", full)
+    with pytest.raises(OSError, match=r"step_4 could not be written .*No space left") as err:
+        train(cfg_for(out))
+    assert "\n" not in str(err.value)
+    assert not list((out / "checkpoints").glob("*.tmp*"))  # nothing half-written is left
+    monkeypatch.setattr(rf, "save_file", real)
+    train(cfg_for(out))
+    assert_same_run(out, whole, 4)

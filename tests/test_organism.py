@@ -307,3 +307,43 @@ def test_a_compiled_build_without_a_compiler_is_refused_before_any_work(cache, m
     monkeypatch.setattr(build_mod, "make_corpus", lambda *a: pytest.fail("work was started"))
     with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*compile: false"):
         build(variant("smoke", compile=True), progress=False)
+
+
+def _flip_byte(path, at):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_organism_is_refused_in_one_line_before_use(cache):
+    import json
+
+    from sdlib.organism.build import OrganismDamaged
+
+    folder = build("organism:smoke", progress=False)
+    weights = folder / "model.safetensors"
+    intact = weights.read_bytes()
+    _flip_byte(weights, len(intact) - 5)  # a weight's last byte: the file still loads
+    with pytest.raises(OrganismDamaged, match="not the build's weights.*delete"):
+        build("organism:smoke", progress=False)
+    weights.write_bytes(intact[: len(intact) // 2])  # cut short
+    with pytest.raises(OrganismDamaged, match="cannot be read.*delete") as err:
+        build("organism:smoke", progress=False)
+    assert "\n" not in str(err.value)
+    weights.write_bytes(intact)
+    premise = json.loads((folder / "premise.json").read_text())
+    premise["gate"]["passed"] = "yes"
+    (folder / "premise.json").write_text(json.dumps(premise))
+    with pytest.raises(OrganismDamaged, match="gate.passed = 'yes'"):
+        build("organism:smoke", progress=False)
+
+
+def test_an_organism_that_lost_its_record_is_built_again_and_stale_temporaries_go(cache):
+    first = build("organism:smoke", progress=False)
+    digest = read_premise(first)["build"]["weights_sha256"]
+    (first / "premise.json").unlink()
+    abandoned = first.with_name(f"{first.name}.tmp999999999")  # no such process
+    abandoned.mkdir()
+    assert build("organism:smoke", progress=False) == first
+    assert read_premise(first)["build"]["weights_sha256"] == digest
+    assert not abandoned.exists()

@@ -11,6 +11,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from sdlib.runfolder import file_digest
+
+__all__ = ["file_digest", "folder", "key"]
+
 
 def key(value) -> str:
     """A short stable hash of a JSON-able value (dict keys sorted)."""
@@ -27,16 +31,3 @@ def folder(root: str | Path, kind: str, label: str, value) -> Path:
     if mine.exists():
         return mine
     return next(iter(sorted(mine.parent.glob(f"*-{digest}"))), mine)
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a folder's files (names and bytes) or of one file: a run's identity that
-    survives moving the folder."""
-    paths = sorted(p for p in Path(path).rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for p in paths:
-        digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
-        with p.open("rb") as f:  # in blocks: a whole model's weights need not fit in memory
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]

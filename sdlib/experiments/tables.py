@@ -9,6 +9,9 @@ and samples two runs share, and ``notes`` says in words which of them exceed noi
 
 from __future__ import annotations
 
+import html
+import re
+
 import pandas as pd
 
 from sdlib import stats
@@ -123,11 +126,21 @@ def sentence(what: str, est: stats.Estimate) -> str:
     )
 
 
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown as itself in Markdown: HTML escaped, Markdown's active characters
+    backslash-escaped (a set named ``<img onerror=..>`` or ``![x](y)`` stays text)."""
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", html.escape(text, quote=False))
+
+
 def notes(table: pd.DataFrame, measures=("accuracy", "length", "epistemic")) -> list[str]:
     """One sentence per row and measure of a table's paired differences (``Δm`` columns)."""
     lines = []
     for index, row in table.iterrows():
         name = " / ".join(map(str, index)) if isinstance(index, tuple) else str(index)
+        name = markdown_text(name)  # problem-set names come from file names: data
         for m in measures:
             if pd.notna(row.get(f"Δ{m}")):
                 sizes = (int(row[k]) for k in SIZES)

@@ -20,6 +20,7 @@ machine set ``OMP_WAIT_POLICY=PASSIVE`` before torch starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -60,28 +61,97 @@ def folder_of(config: OrganismConfig | str) -> Path:
 
 
 def build(config: OrganismConfig | str = "organism", progress: bool = True) -> Path:
-    """The built organism's folder: from the cache, else built now (minutes)."""
+    """The built organism's folder: from the cache (its weights checked against the hash
+    the build recorded), else built now (minutes)."""
     cfg = resolve(config)
     target = folder_of(cfg)
     if not (target / "premise.json").exists():
         if cfg.compile and (why := compiler_missing()):
             raise RuntimeError(why)
+        _clear_abandoned(target)
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         with phase("build organism"):
             _build_into(cfg, tmp, progress)
+        if target.exists() and not (target / "premise.json").exists():
+            shutil.rmtree(target)  # a folder that lost its record: the new build replaces it
         try:
             tmp.rename(target)
         except OSError:  # another process finished first; its build is the same config
             shutil.rmtree(tmp, ignore_errors=True)
     premise = read_premise(target)
-    if cfg.gate == "require" and not premise["gate"]["passed"]:
+    _check_weights(target, premise["build"]["weights_sha256"])
+    passed = premise["gate"]["passed"]
+    if passed not in (True, False, None):
+        raise OrganismDamaged(
+            f"{target / 'premise.json'}: gate.passed = {passed!r} is not true, false or null; "
+            f"the record is damaged: delete {target} to build it again"
+        )
+    if cfg.gate == "require" and passed is not True:
         raise PremiseError(refusal(cfg, premise, target))
     return target
 
 
+class OrganismDamaged(RuntimeError):
+    """A cached organism whose files do not match what its build recorded."""
+
+
 def read_premise(folder: Path) -> dict:
-    return json.loads((Path(folder) / "premise.json").read_text())
+    path = Path(folder) / "premise.json"
+    try:
+        premise = json.loads(path.read_text())
+        premise["gate"]["passed"], premise["build"]["weights_sha256"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as err:
+        raise OrganismDamaged(
+            f"{path} is not a build record ({type(err).__name__}: {err}); delete {folder} "
+            "to build it again"
+        ) from None
+    return premise
+
+
+def _check_weights(folder: Path, expected: str) -> None:
+    """The folder's weights hash as recorded (checked once per process and file state)."""
+    weights = folder / "model.safetensors"
+    try:
+        stat = weights.stat()
+        found = _weights_digest(str(weights), stat.st_size, stat.st_mtime_ns)
+    except Exception as err:  # noqa: BLE001 - any failure to read them is damage, said in one line
+        raise OrganismDamaged(
+            f"{weights} cannot be read ({type(err).__name__}: {str(err)[:120]}); delete "
+            f"{folder} to build it again"
+        ) from None
+    if found != expected:
+        raise OrganismDamaged(
+            f"{weights} is not the build's weights (SHA-256 {found[:16]}..., recorded "
+            f"{expected[:16]}...): the file was changed or damaged; delete {folder} to build "
+            "it again"
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def _weights_digest(path: str, size: int, mtime_ns: int) -> str:
+    """``weights_hash`` of the weights in ``path``, read as the model reads them (tied
+    weights included); size and time are the cache key: a changed file is read again."""
+    model = LlamaForCausalLM.from_pretrained(Path(path).parent, dtype=torch.float32)
+    return weights_hash(model)
+
+
+def _clear_abandoned(target: Path) -> None:
+    """Remove the temporary folders of builds whose process is gone (killed midway)."""
+    for tmp in target.parent.glob(f"{target.name}.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def splits(cfg: OrganismConfig) -> dict[str, dict[str, list]]:

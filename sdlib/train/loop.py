@@ -40,6 +40,11 @@ METRICS_FILE, SAMPLES_FILE, DONE_FILE = "metrics.jsonl", "samples.jsonl", "done.
 RESUMABLE = {"steps", "save_every", "sample_every", "out", "log_to"}
 
 
+class NonFiniteUpdate(RuntimeError):
+    """An update's loss or gradient norm was NaN or infinite: the run stops there, before
+    the step is written, so its folder ends at the last good checkpoint."""
+
+
 @dataclass(kw_only=True)
 class Batch:
     """One step's samples as the update sees them (N samples, G update groups)."""
@@ -112,7 +117,13 @@ def update_phase(algo, model, batch: Batch, opt, sched, cfg, dist: Dist = SINGLE
         params = [p for p in model.parameters() if p.requires_grad]
         dist.sum_grads(params)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        updates["train/grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, clip)))
+        norm_before = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if len(rows) and not (math.isfinite(loss) and math.isfinite(norm_before)):
+            raise NonFiniteUpdate(
+                f"the loss is {loss} and the gradient norm {norm_before} at learning rate "
+                f"{sched.get_last_lr()[0]:.3g}"
+            )
+        updates["train/grad_norm"].append(norm_before)
         updates["train/lr"].append(sched.get_last_lr()[0])
         updates["train/loss"].append(loss if len(rows) else math.nan)
         opt.step()
@@ -174,7 +185,15 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
             disable=not dist.main,
         )
         for step in bar:
-            row = one_step(algo, policy.model, cfg, step, opt, sched, run, dist)
+            try:
+                row = one_step(algo, policy.model, cfg, step, opt, sched, run, dist)
+            except NonFiniteUpdate as err:
+                kept = run.latest()
+                last = f"last checkpoint: step {kept[0]}" if kept else "no checkpoint yet"
+                raise NonFiniteUpdate(
+                    f"{cfg.algo} step {step}: {err}; the run stops with nothing of this step "
+                    f"written ({last}): lower lr or raise warmup_steps, then rerun on {cfg.out}"
+                ) from None
             if dist.main:
                 run.append(METRICS_FILE, [row])
                 log_row(cfg, run, row)
@@ -197,7 +216,32 @@ def finished(run: RunFolder, cfg) -> Path | None:
     found = run.latest()
     if done.get("requested_steps") != cfg.steps or found is None or found[0] != done["steps"]:
         return None
+    if intact_steps(run) < done["steps"]:  # a row lost, repeated or garbled: redo from there
+        return None
     return found[1]
+
+
+def intact_steps(run: RunFolder) -> int:
+    """How many steps from the first have whole rows on disk: metrics rows 0, 1, 2, ...
+    each once; the step of a garbled line in either file, or of a sample row written twice,
+    ends the count there."""
+    metrics, samples = run.read(METRICS_FILE), run.read(SAMPLES_FILE)
+    whole = next(
+        (i for i, r in enumerate(metrics[: metrics.intact]) if r.get("step") != i), metrics.intact
+    )
+    # a repeated or out-of-order row, or rows after a garbled line: redo from the least step
+    later = [r.get("step") for r in metrics[whole:]]
+    whole = min([whole, *(step for step in later if isinstance(step, int))])
+    if samples.damaged:  # the step of the last good row before the damage may be partial
+        whole = min(whole, samples[samples.intact - 1]["step"] if samples.intact else 0)
+    seen = set()
+    for r in samples:
+        name = (r.get("step"), r.get("sample"))
+        if name in seen:
+            whole = min(whole, r["step"] if isinstance(r.get("step"), int) else 0)
+            break
+        seen.add(name)
+    return whole
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,12 +253,7 @@ def resume(run: RunFolder, cfg, model, opt, sched, algo, dist: Dist = SINGLE) ->
     rows on disk, whose state is loaded; rows after it are dropped (they are recomputed)."""
     if dist.main:
         check_params(run, cfg)
-    metrics, samples = run.read(METRICS_FILE), run.read(SAMPLES_FILE)
-    whole = next(
-        (i for i, r in enumerate(metrics[: metrics.intact]) if r.get("step") != i), metrics.intact
-    )
-    if samples.damaged:  # the step of the last good row before the damage may be partial
-        whole = min(whole, samples[samples.intact - 1]["step"] if samples.intact else 0)
+    whole = intact_steps(run)
     found = run.latest(at_most=whole)
     start = 0
     if found is not None:

@@ -233,6 +233,7 @@ class OnPolicy:
             rows.append(
                 {
                     "step": step,
+                    "sample": i,  # (step, sample) names a row once: a repeated line shows
                     "problem_id": p.id,
                     "answer": p.answer,
                     "reward": float(sb.rewards[i]),
