@@ -10,7 +10,7 @@ JOBS    ?= 2
 # torch's OpenMP threads spin while they wait; on a shared 2-core machine that costs 7-10x
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup dev test test-all demo lab bench bench-trl lint format clean
+.PHONY: setup dev test test-all demo mechanism lab bench bench-trl lint format clean
 
 # what sdlib and its notebooks need (make demo); dev adds the tests, lint, JupyterLab, TRL
 setup: $(VENV)/.installed
@@ -41,8 +41,14 @@ test: dev
 test-all: dev
 	$(BIN)/python -m pytest -q -m ''
 
+# notebooks 00-05 (~12 min here); 06, the mechanism, builds three more organisms: make mechanism
+DEMO    ?= 00 01 02 03 04 05
 demo: setup
-	$(BIN)/sdlib run all --preset $(PRESET) --jobs $(JOBS) --out runs/$(PRESET)/demo
+	$(BIN)/sdlib run $(DEMO) --preset $(PRESET) --jobs $(JOBS) --out runs/$(PRESET)/demo
+
+# notebook 06 on the organism preset, in the demo's folder (it reuses 03's default runs)
+mechanism: setup
+	$(BIN)/sdlib run 06 --preset $(PRESET) --jobs $(JOBS) --out runs/$(PRESET)/demo
 
 lab: dev
 	$(BIN)/jupyter lab --allow-root notebooks

@@ -35,6 +35,8 @@ SHARED_HELP = {
     "backend": "generation backend: transformers or vllm (GPU)",
     "gen_batch": "sequences decoded together (transformers backend)",
     "max_new_tokens": "most tokens generated per response",
+    "grader": "answer grading rules: careful (hedges, dropped units and near-miss decimals are "
+    "wrong) or reference (the study's numeric tolerance, relative 1e-4; sdlib.grading)",
 }
 
 
@@ -48,6 +50,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     """Allowed values, by field name, of every field that picks an implementation: the keys
     of the registry that holds the implementations. Read when a schema is validated, not
     when this module is imported, so importing config stays light (no torch)."""
+    from sdlib.grading import RULES
     from sdlib.losses import AGGREGATIONS, DISTILLATION_LOSSES
     from sdlib.models import DTYPES, FINETUNE, TEACHERS
     from sdlib.rollout import BACKENDS
@@ -65,6 +68,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "distill_loss": tuple(DISTILLATION_LOSSES),
         "log_to": tuple(LOGGERS),
         "rollout_is": tuple(ROLLOUT_IS),
+        "grader": RULES,
     }
 
 
@@ -131,7 +135,7 @@ RANGES = {
         ),
         _NON_NEGATIVE,
     ),  # fmt: skip
-    **dict.fromkeys(("alpha", "ema_rate", "success_threshold"), _UNIT),
+    **dict.fromkeys(("alpha", "ema_rate", "success_threshold", "reach"), _UNIT),
     "top_p": _range(0, 1, low_open=True),
     "eval_top_p": _range(0, 1, low_open=True),
     "lr": _range(0, low_open=True),
@@ -177,6 +181,7 @@ class EvalConfig:
     limit: int = doc("evaluate at most this many problems per set; 0 = all", 0)
     k: int = doc("samples per problem (avg@k, pass@k)", 4)
     max_new_tokens: int = shared("max_new_tokens", 256)
+    grader: str = shared("grader", "careful")
     temperature: float = doc("sampling temperature; 0 = greedy", 0.6)
     top_p: float = doc("nucleus sampling mass", 0.95)
     seed: int = shared("seed", 0)
@@ -244,6 +249,7 @@ class TrainConfig:
     backend: str = shared("backend", "transformers")
     gen_batch: int = shared("gen_batch", 32)
     max_new_tokens: int = shared("max_new_tokens", 128)
+    grader: str = shared("grader", "careful")
     temperature: float = doc("rollout sampling temperature", 1.0)
     top_p: float = doc("rollout nucleus mass", 1.0)
     few_shot: bool = shared("few_shot", False)
@@ -359,6 +365,7 @@ class ExperimentConfig:
     gen_batch: int = shared("gen_batch", 32)
     backend: str = shared("backend", "transformers")
     max_new_tokens: int = shared("max_new_tokens", 128)
+    grader: str = shared("grader", "careful")
     eval_data: list[str] = doc(
         "out-of-distribution evaluation sets", ["synthetic:multiplication:2:16"]
     )
@@ -461,6 +468,36 @@ class OnPolicyConfig(ExperimentConfig):
 
 
 @dataclass
+class MechanismConfig(ExperimentConfig):
+    """Notebook 06: notebook 03's GRPO and SDPO on organisms that differ from ``model`` in
+    one property each (``sdlib.organism.config.VARIANTS``): the study's account, tested."""
+
+    model: str = shared("model", "organism")
+    data: list[str] = doc("training problems", ["organism:all:train"])
+    train: dict = doc("TrainConfig parameters shared by every run", {"steps": 6})
+    grpo: dict = doc("TrainConfig parameters of the GRPO runs only", {})
+    sdpo: dict = doc("TrainConfig parameters of the SDPO runs only", {})
+    variants: list[str] = doc(
+        "organism variants, each trained like the default and paired against it: silent, "
+        "decorative, checking",
+        ["silent", "decorative", "checking"],
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        from sdlib.organism.config import VARIANTS
+
+        if not self.model.startswith("organism"):
+            raise ConfigError(f"model = {self.model!r}; notebook 06 needs an organism spec")
+        unknown = [v for v in self.variants if v not in VARIANTS or v in ("organism", "smoke")]
+        if unknown or not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ConfigError(
+                f"variants = {self.variants!r}; expected distinct names among "
+                f"{[v for v in VARIANTS if v not in ('organism', 'smoke')]}"
+            )
+
+
+@dataclass
 class TeacherConfig(ExperimentConfig):
     """Notebook 04: SDPO with a fixed (initial) vs moving (EMA) teacher (Sec. 5.4)."""
 
@@ -486,6 +523,11 @@ class CoverageConfig(ExperimentConfig):
         [],
     )
 
+    reach: float = doc(
+        "training reward the efficiency measure waits for: steps and generated tokens until "
+        "a step's mean reward first reaches it",
+        0.9,
+    )
     narrow_train: list[str] = doc(
         "narrow-coverage training sets, each trained on with every algo (the study's "
         "chemistry row: chemistry_train)",
@@ -518,6 +560,7 @@ EXPERIMENTS = {
     "03_sdpo_vs_grpo": OnPolicyConfig,
     "04_fixed_vs_moving_teacher": TeacherConfig,
     "05_task_coverage": CoverageConfig,
+    "06_mechanism": MechanismConfig,
 }
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 
 from sdlib.behavior import EPISTEMIC_WORDS, behavior_row
 from sdlib.clock import phase
-from sdlib.grading import extract_answer, grade_response
+from sdlib.grading import VERSION, extract_answer, grade_response
 from sdlib.metrics import check_row
 from sdlib.problems import Problem
 from sdlib.progress import tqdm
@@ -105,18 +105,20 @@ def sample_records(
     benchmark: str | list[str],
     extra: dict | None = None,
     prefill: str = "",
+    rules: str = "careful",
 ) -> list[dict]:
     """Grade and measure each sample of ``rollouts`` (which answer ``problems`` in order).
 
     ``benchmark`` names them all, or each problem (a list aligned with ``problems``). A
-    response is ``prefill`` + what was generated (lengths count the generated tokens)."""
+    response is ``prefill`` + what was generated (lengths count the generated tokens);
+    ``rules``: the grader's (``sdlib.grading``)."""
     names = [benchmark] * len(problems) if isinstance(benchmark, str) else benchmark
     rows = []
     seen = Counter()
     for i, generated in enumerate(rollouts.text):
         text = prefill + generated
         problem = problems[rollouts.prompt_index[i]]
-        grade = grade_response(text, problem.answer)
+        grade = grade_response(text, problem.answer, rules=rules)
         rows.append(
             {
                 "benchmark": names[rollouts.prompt_index[i]],
@@ -126,6 +128,7 @@ def sample_records(
                 "pred": extract_answer(text),
                 "correct": bool(grade.correct),
                 "grade": grade.reason,
+                "grader": grader_tag(rules),
                 "finish": rollouts.finish_reason[i],
                 "truncated": rollouts.finish_reason[i] == "length",
                 **behavior_row(text, tokenizer=tokenizer, token_ids=rollouts.token_ids[i]),
@@ -159,18 +162,21 @@ def evaluate(
     progress: bool = True,
     context: int | None = None,
     prefill: str = "",
+    rules: str = "careful",
 ) -> EvalResult:
     """Sample ``k`` responses per problem of each benchmark and summarise them.
 
     Problems whose k samples are already in ``out_dir`` are skipped (resume); problems
     whose prompt leaves no room for the answer in ``context`` tokens are reported, skipped.
-    ``prefill`` starts every reply (a forced mode, e.g. a direct answer: ``"x ="``)."""
+    ``prefill`` starts every reply (a forced mode, e.g. a direct answer: ``"x ="``).
+    ``rules``: the grader's; samples stored under other rules or by another version of the
+    grader are graded again from their text (``regraded``)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     folder = None if out_dir is None else RunFolder(out_dir)
     with folder.lock() if folder else contextlib.nullcontext(), phase("evaluate"):
         path = None if folder is None else folder.file(SAMPLES_FILE)
-        rows = [] if path is None else _complete(read_jsonl(path), k, path)
+        rows = [] if path is None else regraded(_complete(read_jsonl(path), k, path), rules, path)
         counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)
         todo = [(n, p) for n, ps in benchmarks.items() for p in ps if counts[(n, p.id)] < k]
         texts = render([p for _, p in todo], tokenizer, prompt_fn, thinking, few_shot, prefill)
@@ -189,7 +195,7 @@ def evaluate(
                 keys=[problem_key(n, p.id) for n, p in batch],
             )
             names = [n for n, _ in batch]
-            new = sample_records(problems, rollouts, tokenizer, names, prefill=prefill)
+            new = sample_records(problems, rollouts, tokenizer, names, prefill=prefill, rules=rules)
             if path is not None:
                 append_jsonl(path, new)
             rows += new
@@ -198,6 +204,30 @@ def evaluate(
     samples = pd.DataFrame(rows)
     where = None if folder is None else folder.path
     return EvalResult(samples=samples, table=summarize(samples, k), out_dir=where)
+
+
+def grader_tag(rules: str) -> str:
+    """What graded a sample: the rules and the grader's version (``sdlib.grading``)."""
+    return f"{rules}-{VERSION}"
+
+
+def regraded(rows: list[dict], rules: str, path: Path) -> list[dict]:
+    """``rows`` with every sample graded by ``rules`` and this grader: rows another grader
+    marked are graded again from their text, and the file is rewritten, so a stored grade
+    is never served under other rules."""
+    tag = grader_tag(rules)
+    stale = [r for r in rows if r.get("grader") != tag]
+    for r in stale:
+        grade = grade_response(r.get("text"), r.get("gold", ""), rules=rules)
+        r.update(
+            pred=extract_answer(r.get("text") or ""),
+            correct=bool(grade.correct),
+            grade=grade.reason,
+        )
+        r["grader"] = tag
+    if stale:
+        rewrite_jsonl(path, rows)
+    return rows
 
 
 def _complete(rows: list[dict], k: int, path: Path) -> list[dict]:
@@ -285,6 +315,7 @@ def run_eval(cfg) -> EvalResult:
         thinking=THINKING[cfg.thinking],
         few_shot=cfg.few_shot,
         context=model_limits(cfg.model)[1],
+        rules=cfg.grader,
     )
     if out is not None:
         result.table.to_csv(out / "table.csv")
@@ -292,8 +323,9 @@ def run_eval(cfg) -> EvalResult:
     return result
 
 
-# what may change between runs on one ``sdlib eval`` folder: neither changes a sample
-EVAL_RESUMABLE = {"out", "gen_batch"}
+# what may change between runs on one ``sdlib eval`` folder: none changes a sample (stored
+# samples are graded again under other rules)
+EVAL_RESUMABLE = {"out", "gen_batch", "grader"}
 IDENTITY = "identity.json"
 
 

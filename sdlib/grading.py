@@ -21,11 +21,49 @@ Public API
                "Bounded work"; deterministic), or the worker crashed
 
 Order of checks in ``grade``: the gold's own spelling -> what the answer may hold ->
-multiple choice (gold is a letter A-J) -> ``variable = value`` -> trailing material ->
-redundant brackets -> canonical strings -> exact rationals -> the structural bound ->
-math-verify in a child process. A fast numeric mismatch is final unless a side is written
-as a decimal or a percentage, because math-verify is more lenient there (it rounds
-decimals, and reads ``50\\%`` as both 50 and 0.5), and we grade as it does.
+unicode as TeX -> multiple choice (gold is a letter A-J) -> hedges -> inequalities against
+an interval gold -> equations -> trailing material and units -> redundant brackets -> a list
+against one value -> canonical strings -> exact numbers -> the structural bound ->
+math-verify in a child process.
+
+Rules (``rules="careful"``, the default: what a careful human grader says). Each is tested
+on labelled pairs in tests/test_grading_rules.py, with no false positive allowed.
+    choice      against a letter gold, the answer names exactly one option: ``B``, ``(B)``,
+                ``B: 4.2``; ``A, B``, ``A or B``, ``A/B``, ``(A) (C)`` hedge and are wrong
+    units       units on both sides must be the same unit (``5 \\text{ cm}`` is not
+                ``5 \\text{ m}``; ``\\text{ meters}`` is ``\\text{ m}``); a unit on one
+                side only is ignored, as a human grader would
+    hedges      ``\\approx``, ``\\sim``, ``\\simeq``, ``\\cong``, ``\\propto`` state no
+                value: wrong unless the gold has one
+    equations   ``name = value`` and ``value = name`` state the value (``x = 3``,
+                ``3 = x``, ``f(x) = 3``); so does a chain ``x = 2 + 3 = 5`` whose middle
+                parts assign nothing else; a chain without variables (``6/2 = 3``) states a
+                value when every side is it; ``x = 3 \\text{ and } y = 4``, ``x = 1, y = 4``
+                and ``x - 2 = -2`` state none
+    lists       an answer with a top-level comma is a list and never one value (``3, 3``
+                for 3); ``1, 000`` style thousands separators are numbers
+    intervals   ``1 \\le x \\le 3`` against an interval gold is ``[1, 3]``
+    numbers     exact rational arithmetic: integers, decimals, fractions, mixed numbers,
+                repeating decimals (``0.\\overline{3}`` is 1/3). A decimal is the number it
+                writes (``2.9999999`` is not 3, ``0.33`` not 1/3), except against a decimal
+                gold, matched by the answer rounded to the gold's places (1/3 for 0.33). A
+                percentage is its number (50% for 50), or its hundredth when the plain side
+                is at most 1 in size (50% for 0.5; not ``5000\\%`` for 50). A numeric
+                mismatch is final: math-verify is not asked.
+    unicode     ``½``, ``√2``, ``3·4``, ``2×3``, ``−3``, ``≤``, ``≈``, ``π`` as their TeX
+    symbols     everything else goes to math-verify (LaTeX only, its unit stripping off)
+
+``rules="reference"`` is the study's numeric tolerance, for fidelity when its figures are
+compared: numbers within a relative 1e-4, and a percentage also as its hundredth whatever
+its size. The study's graders are more lenient than "careful" in more ways. Its training
+reward (exact match of the last box, then math-verify 0.9 with its defaults) passes, for
+gold 3: ``0.3333333``-style decimals near a fractional gold, ``300\\%``, ``3 \\text{ cm}``
+against ``3 \\text{ m}`` (units dropped), ``3, 3`` (the set {3}), ``x \\approx 3`` and
+``x - 2 = -2`` for -2 (checked against math-verify 0.9 here). Its evaluation (Qwen-Math's
+sympy ``math_equal``) compares numbers with ``isclose(rel_tol=1e-4)`` and tries a reference
+as x, x/100 and 100x. "reference" keeps only that numeric leniency: the hedges, dropped
+units, lists and stray equations are ways to game a reward, not answers, and stay wrong
+under both rules.
 
 What an answer may hold. An answer states a value and nothing that changes it; a policy
 must gain nothing from what it writes around the value.
@@ -93,6 +131,11 @@ MAX_NOTES = 4  # trailing decorations removed from one answer (period, unit note
 WORKER_MEMORY_BYTES = 2 << 30  # address-space cap for the child (sympy can eat RAM)
 WORKER_STARTUP_S = 120.0  # importing sympy on a loaded machine can be slow
 CACHE_SIZE = 1 << 16
+# Bumped whenever a rule changes a grade: stored grades of another version are recomputed
+# (sdlib.evaluate) and training runs are keyed by it (sdlib.experiments.training).
+VERSION = 2
+RULES = ("careful", "reference")  # see the module docstring, "Rules"
+REFERENCE_REL_TOL = Fraction(1, 10_000)  # math_equal's isclose(rel_tol=1e-4)
 
 
 @dataclass(frozen=True)
@@ -293,28 +336,68 @@ def _is_unit(note: str) -> bool:
 
 def _settle(s: str) -> tuple[str, bool]:
     """(value, honest): ``s`` less the trailing material that leaves its value alone, and
-    whether what follows the value is only such material.
+    whether what follows the value is only such material (``_settled`` also names the
+    units it removed)."""
+    value, honest, _ = _settled(s)
+    return value, honest
+
+
+def _settled(s: str) -> tuple[str, bool, tuple[str, ...]]:
+    """(value, honest, units): see ``_settle``.
 
     Removed: spacing, one final period, unit notes (``\\text{ cm}^2``, see ``_is_unit``); a
     ``\\text{ percent}`` note becomes ``\\%``. Not honest: a trailing note that is not a unit
     (``\\text{ million}``, ``\\text{ 6}``, ``\\text{ or more}``) or an ellipsis (the answer
     goes on). A whole-answer ``\\text{Evelyn}`` is the value, not a note."""
+    units: list[str] = []
     for _ in range(MAX_NOTES):
         s = _rstrip_spacing(s)
         if _ELLIPSIS_RE.search(s):
-            return s, False
+            return s, False, tuple(units)
         note = _NOTE_RE.search(s)
         if s.endswith(".") and len(s) > 1:
             s = s[:-1]
         elif note is None or not s[: note.start()].strip() or note.group(1) in _CONSTANTS:
-            return s, True
+            return s, True, tuple(units)
         elif note.group(1).strip().lower() in _PERCENT_WORDS:
             s = s[: note.start()] + "\\%"
         elif _is_unit(note.group(1)):
+            units.append(_unit_name(note.group()))
             s = s[: note.start()]
         else:
-            return s, False
-    return _rstrip_spacing(s), True
+            return s, False, tuple(units)
+    return _rstrip_spacing(s), True, tuple(units)
+
+
+# one spelling per unit (plural "s" dropped first): what differs after this is another unit
+_UNIT_SPELLINGS = {
+    "centimetre": "cm", "centimeter": "cm", "metre": "m", "meter": "m", "kilometre": "km",
+    "kilometer": "km", "millimetre": "mm", "millimeter": "mm", "kilogram": "kg", "gram": "g",
+    "milligram": "mg", "second": "s", "sec": "s", "minute": "min", "hour": "h", "hr": "h",
+    "litre": "l", "liter": "l", "millilitre": "ml", "milliliter": "ml", "inche": "in",
+    "inch": "in", "foot": "ft", "feet": "ft", "yard": "yd", "mile": "mi", "pound": "lb",
+    "ounce": "oz", "degree": "deg", "unit": "unit", "day": "day", "week": "week",
+    "year": "yr", "dollar": "dollar", "cent": "cent",
+}  # fmt: skip
+_POWER_RE = re.compile(r"\^\s*\{?\s*(-?\d)\s*\}?\s*$")
+
+
+def _unit_name(note: str) -> str:
+    """A unit note (``\\text{ cm}^2``, ``\\text{ square meters}``) as one canonical name:
+    ``cm^2``, ``m^2``; spellings and plurals of the units above coincide."""
+    power = _POWER_RE.search(note)
+    exponent = power.group(1) if power else "1"
+    inner = _NOTE_RE.search(note).group(1).lower()
+    words = _UNIT_WORD_RE.findall(inner.replace("per", "/"))
+    for lead, value in (("square", "2"), ("cubic", "3")):
+        if words and words[0] == lead:
+            words, exponent = words[1:], value
+    names = []
+    for w in words:
+        w = w[:-1] if len(w) > 3 and w.endswith("s") else w
+        names.append(_UNIT_SPELLINGS.get(w, w))
+    name = "/".join(names) if "/" in inner else " ".join(names)
+    return name if exponent == "1" else f"{name}^{exponent}"
 
 
 def _drop_notes(s: str) -> str:
@@ -415,11 +498,20 @@ def _strip_decorations(s: str) -> tuple[str, bool]:
     return s, percent
 
 
+_REPEATING_RE = re.compile(r"([+-]?)(\d*)\.(\d*)\\overline\s*\{(\d+)\}")
+
+
 def _plain_number(s: str) -> Fraction | None:
-    """``-12``, ``1,000``, ``1 000``, ``.5``, ``3.25`` as an exact Fraction, else None."""
+    """``-12``, ``1,000``, ``1 000``, ``.5``, ``3.25``, ``0.1\\overline{6}`` (a repeating
+    decimal) as an exact Fraction, else None."""
     s = s.strip()
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "").replace(" ", "")
+    if m := _REPEATING_RE.fullmatch(s):
+        sign, whole, fixed, cycle = m.groups()
+        value = Fraction(int(whole or 0)) + Fraction(int(fixed or 0), 10 ** len(fixed))
+        value += Fraction(int(cycle), (10 ** len(cycle) - 1) * 10 ** len(fixed))
+        return -value if sign == "-" else value
     return Fraction(s) if _DECIMAL_RE.fullmatch(s) else None
 
 
@@ -438,13 +530,23 @@ def _frac_value(m: re.Match) -> Fraction | None:
     return -value if sign == "-" else value
 
 
-def _number(s: str) -> tuple[frozenset[Fraction], bool] | None:
-    """(possible exact values, written as decimal or percent) of a number-like answer.
+@dataclass(frozen=True)
+class _Num:
+    """A number-like answer: its exact value, the decimal places it was written to (None:
+    exact, an integer, a fraction or a repeating decimal), and whether it is a percentage."""
+
+    value: Fraction
+    places: int | None
+    percent: bool
+
+
+def _number(s: str) -> _Num | None:
+    """A number-like answer, or None.
 
     Integers, decimals, ``a/b``, ``\\frac{a}{b}`` (``\\dfrac``, ``\\tfrac``, ``\\frac12``),
-    mixed numbers; currency, degrees, units and thousands separators are dropped. A
-    percentage reads as both ``v`` and ``v/100``. None for anything else, and for strings
-    over MAX_FAST_CHARS (so no int is built from more than ~1000 digits)."""
+    mixed numbers, repeating decimals; currency, degrees, units and thousands separators are
+    dropped. None for anything else, and for strings over MAX_FAST_CHARS (so no int is
+    built from more than ~1000 digits)."""
     if len(s) > MAX_FAST_CHARS:
         return None
     core, percent = _strip_decorations(_FRAC_CMD_RE.sub(r"\\frac", s))
@@ -456,34 +558,74 @@ def _number(s: str) -> tuple[frozenset[Fraction], bool] | None:
         value = _frac_value(m)
     if value is None:
         return None
-    values = frozenset({value, value / 100}) if percent else frozenset({value})
-    return values, percent or "." in core
+    digits = _DECIMAL_RE.fullmatch(core.replace(",", "").replace(" ", ""))
+    places = len(core.split(".")[1]) if digits and "." in core else None
+    return _Num(value, places, percent)
 
 
-def _fast_equal(pred: str, gold: str) -> bool | None:
-    """True/False when exact rational arithmetic decides, None to ask math-verify."""
+def _rounded(value: Fraction, places: int) -> Fraction:
+    """``value`` rounded half away from zero to ``places`` decimal places, exactly."""
+    scale = 10**places
+    scaled = abs(value) * scale
+    whole = scaled.numerator // scaled.denominator
+    if scaled - whole >= Fraction(1, 2):
+        whole += 1
+    return Fraction(whole if value >= 0 else -whole, scale)
+
+
+def _same_number(p: _Num, g: _Num, rules: str = "careful") -> bool:
+    """Careful: decimals are the exact numbers they write, except against a decimal gold,
+    which an answer matches when its value rounded to the gold's places is the gold
+    (``\\frac13`` for a key of 0.33; not 0.33 for a key of ``\\frac13``, nor 2.9999999 for
+    3). A percentage matches the plain number it writes (50% for 50) or, when that number
+    is at most 1 in size, its hundredth (50% for 0.5; not 5000% for 50).
+
+    Reference (the study's ``math_equal``): equal within a relative 1e-4, each side read as
+    written, and a percentage also as its hundredth whatever its size."""
+    readings = [(p.value, g.value)]
+    if p.percent != g.percent:
+        plain = g if p.percent else p
+        if rules == "reference" or abs(plain.value) <= 1:
+            readings.append((p.value / 100, g.value) if p.percent else (p.value, g.value / 100))
+    for pv, gv in readings:
+        if pv == gv or (g.places is not None and _rounded(pv, g.places) == gv):
+            return True
+        if rules == "reference" and abs(pv - gv) <= REFERENCE_REL_TOL * max(abs(pv), abs(gv)):
+            return True
+    return False
+
+
+def _fast_equal(pred: str, gold: str, rules: str = "careful") -> bool | None:
+    """True/False when both are numbers (exact rational arithmetic, ``_same_number``),
+    None to ask math-verify."""
     p, g = _number(pred), _number(gold)
     if p is None or g is None:
         return None
-    if p[0] & g[0]:
-        return True
-    return None if (p[1] or g[1]) else False
+    return _same_number(p, g, rules)
 
 
 # --------------------------------------------------------------------- multiple choice
 
 _CHOICE_STRIP_RE = re.compile(r"\\(?:textbf|text|mathrm|mathbf)\s*|[{}$*]")
-_CHOICE_RE = re.compile(r"\(?([A-J])(?![A-Za-z0-9])")
+_CHOICE_RE = re.compile(r"\(?([A-J])\)?(?:(?:[.:]\s*|\s+)(.*))?", re.S)
 _WHOLE_CHOICE_RE = re.compile(r"\(?([A-J])\)?")
+_OTHER_OPTION_RE = re.compile(r"(?<![A-Za-z\\])\(?[A-J]\)?(?![A-Za-z])")
 
 
 def _choice_letter(s: str, whole: bool = False) -> str | None:
     """The option letter an answer names: ``B``, ``(B)``, ``B.``, ``\\text{(B)}``, ``B: 4.2``.
 
-    ``whole=True`` (for golds) accepts only a bare letter, optionally in parentheses."""
+    One option only: an answer naming a second one (``A, B``, ``A or B``, ``A/B``,
+    ``(A) (C)``) hedges and names none. ``whole=True`` (for golds) accepts only a bare
+    letter, optionally in parentheses."""
     s = _CHOICE_STRIP_RE.sub("", s[:200]).strip()
-    m = _WHOLE_CHOICE_RE.fullmatch(s) if whole else _CHOICE_RE.match(s)
-    return m.group(1) if m else None
+    if whole:
+        m = _WHOLE_CHOICE_RE.fullmatch(s)
+        return m.group(1) if m else None
+    m = _CHOICE_RE.fullmatch(s)
+    if m is None or _OTHER_OPTION_RE.search(m.group(2) or ""):
+        return None
+    return m.group(1)
 
 
 # ------------------------------------------------------------------------ symbolic path
@@ -756,7 +898,7 @@ atexit.register(_WORKER.close)
 
 # ------------------------------------------------------------------------------ grading
 
-_CACHE: OrderedDict[tuple[str, str], Grade] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, str, str], Grade] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _UNCACHED = ("timeout", "error")  # depend on load or on a crash, not on the answer
 
@@ -771,7 +913,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _cached(key: tuple[str, str]) -> Grade | None:
+def _cached(key: tuple[str, str, str]) -> Grade | None:
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
@@ -779,7 +921,7 @@ def _cached(key: tuple[str, str]) -> Grade | None:
         return hit
 
 
-def _remember(key: tuple[str, str], result: Grade) -> Grade:
+def _remember(key: tuple[str, str, str], result: Grade) -> Grade:
     if result.reason not in _UNCACHED and len(key[0]) <= MAX_SYMBOLIC_CHARS:
         with _CACHE_LOCK:
             _CACHE[key] = result
@@ -788,50 +930,137 @@ def _remember(key: tuple[str, str], result: Grade) -> Grade:
     return result
 
 
-_BARE_VARIABLE = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*$")
+# a name a value is given to: x, a_1, a_{n+1}, f(x), P(A), \\angle ABC, \\theta
+_NAME = r"(?:\\[A-Za-z]+\s*)?[A-Za-z]{1,3}(?:_\{?[\w+-]+\}?)?(?:\s*\([^()=]*\))?"
+_NAME_RE = re.compile(rf"\s*{_NAME}\s*")
+_ENDS_IN_NAME_RE = re.compile(rf"(?:^|[\s,;]){_NAME}\s*$")
+_JOINED_RE = re.compile(r",|;|\\text\s*\{|\\(?:quad|qquad)\b|\band\b")
+_HEDGE_RE = re.compile(r"\\(?:approx|thickapprox|sim|simeq|cong|propto)(?![A-Za-z])")
+_LETTER_RE = re.compile(r"(?<!\\)\b[A-Za-z]\b|\\(?:pi|theta|alpha|beta)")
 
 
-def _equation_value(pred: str, gold: str) -> str | None:
-    """The value an equation answer states, when gold is a plain value.
+def _equation_values(pred: str, gold: str) -> list[str] | None:
+    """The values an equation answer states, all of which must be the gold's, when the
+    gold is a plain value; None when it states none.
 
-    Only ``variable = value`` (or ``x = 2 + 3 = 5``: the last side) states a value:
-    math-verify also accepts ``x - 2 = -2`` for a gold of -2 (there x is 0) and ``2 + 3 = 5``
-    for 5, which would reward copying a worked example. None: not a value statement.
-    """
+    ``name = value`` and ``value = name`` state the value (``x = 5``, ``3 = x``, ``f(x) =
+    3``, ``a_1 = 2``); so does a chain ``name = e1 = ... = value`` whose middle parts
+    assign nothing else (``x = 2 + 3 = 5``; not ``x = 3 \\text{ and } y = 4``, nor
+    ``x = 1, y = 4``). A chain without variables is a computation, and states a value when
+    every side is that value (``6/2 = 3``). Anything else states none: math-verify alone
+    accepts ``x - 2 = -2`` for a gold of -2 (there x is 0)."""
     if "=" not in pred or "=" in gold:
+        return [pred]
+    sides = [side.strip() for side in pred.split("=")]
+    if not all(sides):
+        return None
+    if len(sides) == 2 and _NAME_RE.fullmatch(sides[1]) and not _NAME_RE.fullmatch(sides[0]):
+        return [sides[0]]  # 3 = x
+    if _NAME_RE.fullmatch(sides[0]):
+        middle = sides[1:-1]
+        if any(_JOINED_RE.search(m) or _ENDS_IN_NAME_RE.search(m) for m in middle):
+            return None
+        if _JOINED_RE.search(sides[-1]) and "," not in gold:
+            return None
+        return [sides[-1]]
+    if not any(_LETTER_RE.search(side) for side in sides):
+        return sides  # 6/2 = 3: every side must be the value
+    return None
+
+
+_INEQUALITY_RE = re.compile(
+    r"\s*(.+?)\s*(\\leq?|\\lt|<|\\geq?|\\gt|>)\s*([A-Za-z])\s*(\\leq?|\\lt|<|\\geq?|\\gt|>)\s*(.+?)\s*"
+)
+
+
+def _as_interval(pred: str) -> str:
+    """``a \\le x < b`` as the interval ``[a, b)`` (``b > x \\ge a`` too); else ``pred``."""
+    m = _INEQUALITY_RE.fullmatch(pred)
+    if m is None:
         return pred
-    sides = pred.split("=")
-    return sides[-1] if _BARE_VARIABLE.match(sides[0]) and sides[-1].strip() else None
+    low, op1, _, op2, high = m.groups()
+    if _greater(op1) != _greater(op2):
+        return pred  # 1 < x > 3: no interval
+    if _greater(op1):
+        low, high, op1, op2 = high, low, op2, op1
+    closed = lambda op: op.startswith(("\\le", "\\ge"))  # noqa: E731
+    return f"{'[' if closed(op1) else '('}{low}, {high}{']' if closed(op2) else ')'}"
 
 
-def _decide(pred: str, gold: str, timeout: float) -> Grade:
+def _greater(op: str) -> bool:
+    return op in (">", "\\gt") or op.startswith("\\ge")
+
+
+def _decide(pred: str, gold: str, timeout: float, rules: str) -> Grade:
     if _canon(pred) == _canon(gold):  # spelled as the gold: whatever it holds, the gold has it
         return Grade(True, "exact")
     if _flaw(pred) is not None:
         return Grade(False, "malformed")
+    pred, gold = _plain_symbols(pred), _plain_symbols(gold)
     letter = _choice_letter(gold, whole=True)
     if letter is not None:
         same = _choice_letter(pred) == letter
         return Grade(same, "exact" if same else "mismatch")
-    value = _equation_value(pred, gold)
-    if value is None:
+    if _HEDGE_RE.search(pred) and not _HEDGE_RE.search(gold):  # x \approx 3: not a value
         return Grade(False, "mismatch")
+    if gold.lstrip()[:1] in "([" and "," in gold:
+        pred = _as_interval(pred)
+    values = _equation_values(pred, gold)
+    if values is None:
+        return Grade(False, "mismatch")
+    grades = [_decide_value(v, gold, timeout, rules) for v in values]
+    return next((g for g in grades if not g.correct), grades[0])
+
+
+def _decide_value(value: str, gold: str, timeout: float, rules: str) -> Grade:
     if len(value) > MAX_SYMBOLIC_CHARS:  # neither path takes it (and unwrapping is linear)
         return Grade(False, "error")
-    pred, honest = _settle(value.strip())
+    pred, honest, units = _settled(value.strip())
     inner = _unwrap(pred)
-    if honest and inner != pred:  # "(5 \text{ million})": the tail inside the brackets too
-        pred, honest = _settle(inner)
+    if honest and inner != pred:  # "(5 \\text{ million})": the tail inside the brackets too
+        pred, honest, more = _settled(inner)
+        units += more
     if not honest:
         return Grade(False, "malformed")
-    return _compare(_unwrap(pred), _unwrap(_drop_notes(gold)), timeout)
+    gold, _, gold_units = _settled(gold)
+    if units and gold_units and set(units) != set(gold_units):  # 5 cm for 5 m
+        return Grade(False, "mismatch")
+    pred, gold = _unwrap(pred), _unwrap(gold)
+    if _top_level_comma(pred) and not _top_level_comma(gold) and _number(pred) is None:
+        return Grade(False, "mismatch")  # 3, 3 for 3: a list is no single value
+    return _compare(pred, gold, timeout, rules)
 
 
-def _compare(pred: str, gold: str, timeout: float) -> Grade:
+def _top_level_comma(s: str) -> bool:
+    return _pairs(s)[1] == 0
+
+
+# unicode a model may write for TeX: ½, √2, 3·4, 2×3, −3, ≤, ≈
+_VULGAR = {"½": (1, 2), "⅓": (1, 3), "⅔": (2, 3), "¼": (1, 4), "¾": (3, 4), "⅕": (1, 5),
+           "⅖": (2, 5), "⅗": (3, 5), "⅘": (4, 5), "⅙": (1, 6), "⅚": (5, 6), "⅛": (1, 8),
+           "⅜": (3, 8), "⅝": (5, 8), "⅞": (7, 8)}  # fmt: skip
+_SYMBOLS = {"·": "\\cdot ", "⋅": "\\cdot ", "×": "\\times ", "÷": "\\div ", "−": "-",
+            "≤": "\\le ", "≥": "\\ge ", "≈": "\\approx ", "π": "\\pi "}  # fmt: skip
+_ROOT_RE = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\([^()]*\)|\{[^{}]*\})")
+
+
+def _plain_symbols(s: str) -> str:
+    """``s`` with the unicode above as TeX: ``½`` is ``\\frac{1}{2}``, ``√2`` is
+    ``\\sqrt{2}``, ``3·4`` is ``3\\cdot 4``."""
+    if s.isascii():
+        return s
+    for char, (a, b) in _VULGAR.items():
+        s = s.replace(char, f"\\frac{{{a}}}{{{b}}}")
+    for char, tex in _SYMBOLS.items():
+        s = s.replace(char, tex)
+    return _ROOT_RE.sub(lambda m: "\\sqrt{" + m.group(1).strip("(){}") + "}", s)
+
+
+def _compare(pred: str, gold: str, timeout: float, rules: str = "careful") -> Grade:
     """Grade two settled values: canonical strings, exact rationals, then math-verify."""
     if _canon(pred) == _canon(gold):
         return Grade(True, "exact")
-    fast = _fast_equal(pred, gold)
+    fast = _fast_equal(pred, gold, rules)
     if fast is not None:
         return Grade(fast, "exact" if fast else "mismatch")
     if _too_complex(pred) or _too_complex(gold):
@@ -840,26 +1069,33 @@ def _compare(pred: str, gold: str, timeout: float) -> Grade:
     return Grade(reason == "symbolic", reason)
 
 
-def grade(pred: str | None, gold: str, timeout: float = 5.0) -> Grade:
+def grade(pred: str | None, gold: str, timeout: float = 5.0, rules: str = "careful") -> Grade:
     """Is the extracted answer ``pred`` equivalent to ``gold``? (see the module docstring)
 
-    ``timeout`` bounds the symbolic check's wall clock (time spent waiting for another
-    thread's check, or for a fresh worker to import sympy, comes on top). Thread-safe."""
+    ``rules``: "careful" (default) or "reference" (``RULES``). ``timeout`` bounds the
+    symbolic check's wall clock (time spent waiting for another thread's check, or for a
+    fresh worker to import sympy, comes on top). Thread-safe."""
+    if rules not in RULES:
+        raise ValueError(f"rules = {rules!r}; expected one of {list(RULES)}")
     if not isinstance(pred, str):  # a number from a caller's own parsing: graded as text
         pred = None if pred is None or isinstance(pred, bool) else str(pred)
     if pred is None or not pred.strip():
         return Grade(False, "no_answer")
     pred, gold = pred.strip(), str(gold).strip()
-    key = (pred, gold)
-    return _cached(key) or _remember(key, _decide(pred, gold, timeout))
+    key = (pred, gold, rules)
+    return _cached(key) or _remember(key, _decide(pred, gold, timeout, rules))
 
 
-def is_equivalent(pred: str | None, gold: str, timeout: float = 5.0) -> bool:
-    return grade(pred, gold, timeout).correct
+def is_equivalent(
+    pred: str | None, gold: str, timeout: float = 5.0, rules: str = "careful"
+) -> bool:
+    return grade(pred, gold, timeout, rules).correct
 
 
-def grade_response(response_text: str, gold: str, timeout: float = 5.0) -> Grade:
+def grade_response(
+    response_text: str, gold: str, timeout: float = 5.0, rules: str = "careful"
+) -> Grade:
     """Extract the final answer of a full response and grade it against ``gold``."""
     if not isinstance(response_text, str):
         return Grade(False, "no_answer")
-    return grade(extract_answer(response_text), gold, timeout)
+    return grade(extract_answer(response_text), gold, timeout, rules)

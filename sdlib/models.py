@@ -118,7 +118,7 @@ def load_policy(
             kwargs["quantization_config"] = _four_bit_config(torch_dtype)
             kwargs["device_map"] = {"": device}
         if weights is None:
-            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tok = _auto_tokenizer(path, trust_remote_code)
         else:
             tok, kwargs["use_safetensors"] = load_tokenizer(spec, trust_remote_code), True
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -146,9 +146,26 @@ def load_tokenizer(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False):
     folder = cache_dir() / "models" / spec.removeprefix("bundled:")
     if not (spec.startswith("bundled:") and (folder / "tokenizer.json").exists()):
         folder = local_folder(spec)  # converts the bundled model if needed
-    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    tok = _auto_tokenizer(folder, trust_remote_code)
     _prepare_tokenizer(tok)
     return tok
+
+
+# what a folder must hold for transformers to build its tokenizer without remote code
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "*.tiktoken")
+
+
+def _auto_tokenizer(folder, trust_remote_code: bool):
+    """``AutoTokenizer`` on ``folder``, after checking that it holds a tokenizer at all: a
+    folder without one is one line naming it (transformers would blame sentencepiece or
+    tiktoken)."""
+    path = Path(folder)
+    if path.is_dir() and not any(any(path.glob(name)) for name in TOKENIZER_FILES):
+        raise ModelNotFoundError(
+            f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+            "model's tokenizer files into it"
+        )
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
 def _prepare_tokenizer(tok) -> None:

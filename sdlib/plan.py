@@ -75,6 +75,8 @@ def runs_of(name: str, cfg) -> list:
         return [one("sdpo")] * (1 + len(cfg.ema_rates))
     if name.startswith("05"):
         return [one(algo) for algo in cfg.algos for _ in cfg.sizes]
+    if name.startswith("06"):  # the default organism and each variant
+        return [one("grpo"), one("sdpo")] * (1 + len(cfg.variants))
     return []
 
 
@@ -87,7 +89,8 @@ def notebook_cost(name: str, cfg, eval_problems: int, mean: float | None = None)
     evals = eval_problems * cfg.eval_k
     total = sample(evals * seeds, cfg.max_new_tokens, mean)  # the base model
     for t in runs_of(name, cfg):
-        points = -(-t.steps // t.save_every) if cfg.eval_checkpoints and t.algo != "sft" else 1
+        every = cfg.eval_checkpoints and t.algo != "sft" and not name.startswith("06")
+        points = -(-t.steps // t.save_every) if every else 1
         total = (
             total
             + (training_run(t, mean) + sample(evals * points, cfg.max_new_tokens, mean)) * seeds

@@ -181,3 +181,20 @@ def specificity(table: pd.DataFrame, subtitle: str, top: int = 15):
     )
     fig.tight_layout()
     return fig
+
+
+def effect_panels(table: pd.DataFrame, subtitle: str, measures=("accuracy", "length", "epistemic")):
+    """Notebook 06: SDPO minus GRPO per organism (rows; ``Δm`` columns), one panel per
+    measure, a bar per organism with its interval, the default organism first in grey."""
+    fig, axes = plt.subplots(1, len(measures), figsize=(13, 3.8))
+    names = list(table.index)
+    colours = ["0.55", *sns.color_palette("deep", max(1, len(names) - 1))]
+    for ax, m in zip(axes, measures, strict=True):
+        x = np.arange(len(names))
+        ax.bar(x, table[f"Δ{m}"], 0.7, yerr=_yerr(table, f"Δ{m}"), capsize=3, color=colours)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(x, names, rotation=10)
+        ax.set_ylabel(f"SDPO - GRPO\n{LABELS.get(m, m)}")
+    _title(fig, "What SDPO does relative to GRPO, by organism (held-out problems)", subtitle)
+    fig.tight_layout()
+    return fig

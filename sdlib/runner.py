@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -43,9 +44,11 @@ class NotebookFailed(RuntimeError):
     """A notebook raised: names it, the cell, the error and the parameters it ran with."""
 
 
-def resolve(names: list[str]) -> list[str]:
+def resolve(names: list[str], preset: str | None = None) -> list[str]:
+    """Notebook names from names or unique prefixes; "all" is every notebook ``preset``
+    defines (notebook 06 runs on organisms only, so the tiny and paper presets leave it out)."""
     if names in (["all"], []):
-        return NOTEBOOKS
+        return NOTEBOOKS if preset is None else [n for n in NOTEBOOKS if defines(preset, n)]
     out = []
     for name in names:
         found = [n for n in NOTEBOOKS if n == name or n.startswith(name)]
@@ -56,6 +59,21 @@ def resolve(names: list[str]) -> list[str]:
             )
         out.append(found[0])
     return out
+
+
+def defines(preset: str, name: str, seen: tuple[str, ...] = ()) -> bool:
+    """Whether ``preset`` (or a preset it extends) holds ``<name>.yaml``."""
+    folder = PARAMS_DIR / preset
+    if (folder / f"{name}.yaml").exists():
+        return True
+    if preset in seen or not (folder / "_preset.yaml").exists():
+        return False
+    try:
+        spec = cfgmod.read_yaml((folder / "_preset.yaml").read_text(), preset)
+    except cfgmod.ConfigError:
+        return True  # preset_values names what is wrong with it
+    parent = spec.get("extends") if isinstance(spec, dict) else None
+    return not isinstance(parent, str) or defines(parent, name, (*seen, preset))
 
 
 def presets() -> list[str]:
@@ -132,16 +150,16 @@ def run(
     is). An organism the notebooks name is built first, on every core (minutes, once). Two
     notebooks that need one shared run wait for each other instead of training it twice.
     """
-    names, overrides = resolve(names), overrides or {}
+    names, overrides = resolve(names, preset), overrides or {}
     if not isinstance(jobs, int) or jobs < 1:
         raise cfgmod.ConfigError(f"jobs = {jobs!r}: give a positive whole number (1: in turn)")
     root = Path(out or f"runs/{preset}/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     check_overrides(names, overrides)
     params = {n: notebook_params(n, preset, root, overrides) for n in names}  # all before any
-    preflight(params)
+    started = time.perf_counter()
+    preflight(params)  # builds an organism a notebook names, to read its context length
     with RunFolder(root).lock():
         (root / "notebooks").mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
         build_organisms(params)
         built = time.perf_counter() - started
         step = _Step(names, root, params, started)
@@ -246,13 +264,13 @@ class _Step:
 
 # a notebook that reads another's output starts only once that one has finished
 NEEDS = {"02_sft_guided_vs_unguided": "01_context_richness"}  # 01 writes D_ug and D_sg
-# the order notebooks start in when several run at once: the two long ones first (05
-# reaches the |D| = 1,200 runs it shares with 03 after its own, by when 03 has trained
-# them), then the short ones so that the two workers end together, 02 after 01
-# (organism preset, one core each: 03 3.4 min, 05 4.4, 01 0.7, 04 1.4, 00 0.5, 02 0.9);
-# any other notebook after these, in study order
+# the order notebooks start in when several run at once: the long ones first (05 and 06
+# reach the runs they share with 03 after their own, by when 03 has trained them), then the
+# short ones so that the two workers end together, 02 after 01 (organism preset, one core
+# each: 03 3.4 min, 05 4.4, 01 0.7, 04 1.4, 00 0.5, 02 0.9); any other notebook after these
 START_ORDER = [
     "03_sdpo_vs_grpo",
+    "06_mechanism",
     "05_task_coverage",
     "01_context_richness",
     "04_fixed_vs_moving_teacher",
@@ -264,8 +282,12 @@ START_ORDER = [
 def build_organisms(params: dict) -> None:
     """Build (or find) every organism the notebooks' ``model`` names, before they start:
     otherwise each would wait for the first to build it, on one core."""
+    from sdlib.organism.config import variant_spec
+
+    organisms = [p for p in params.values() if str(p.get("model", "")).startswith("organism")]
     specs = sorted(
-        {p["model"] for p in params.values() if str(p.get("model", "")).startswith("organism")}
+        {p["model"] for p in organisms}
+        | {variant_spec(p["model"], v) for p in organisms for v in p.get("variants", [])}
     )
     if not specs:
         return
@@ -273,6 +295,32 @@ def build_organisms(params: dict) -> None:
 
     for spec in specs:
         print(f"[sdlib run] organism {spec}: {build(spec)}", flush=True)
+
+
+KERNEL_GRACE_S = 60.0  # after Ctrl-C, how long the running kernels get to stop
+
+
+def _stop_kernels(threads: list[threading.Thread]) -> None:
+    """After Ctrl-C: kernels run in sessions of their own, so the signal never reached them.
+    Interrupt them and wait for their cells to end, so that nothing writes to the run folder
+    once its lock is released (killed if they outlast KERNEL_GRACE_S)."""
+    _signal_children(signal.SIGINT)
+    for t in threads:
+        t.join(KERNEL_GRACE_S)
+    if any(t.is_alive() for t in threads):
+        _signal_children(signal.SIGKILL)
+        for t in threads:
+            t.join()
+
+
+def _signal_children(signum: int) -> None:
+    """Send ``signum`` to this process's children (the notebooks' kernels; the grader's
+    worker ignores SIGINT)."""
+    import psutil
+
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signum)
 
 
 def run_parallel(names: list[str], jobs: int, run_one) -> None:
@@ -307,8 +355,15 @@ def run_parallel(names: list[str], jobs: int, run_one) -> None:
     threads = [threading.Thread(target=worker) for _ in range(min(jobs, len(names)))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:
+        with cond:
+            errors.append(KeyboardInterrupt())  # no new starts
+            cond.notify_all()
+        _stop_kernels(threads)
+        raise
     if errors:
         raise errors[0]
 
@@ -353,7 +408,7 @@ def plan(names: list[str], preset: str, overrides: dict | None = None, mean_resp
     from sdlib import plan as cost
     from sdlib.datasets import load_benchmarks
 
-    names, rows = resolve(names), {}
+    names, rows = resolve(names, preset), {}
     check_overrides(names, overrides or {})
     if mean_response is not None and not (math.isfinite(mean_response) and mean_response > 0):
         raise cfgmod.ConfigError(

@@ -33,6 +33,7 @@ def test_wrong_types_name_field_value_and_expectation(key, value, expected):
         ({"alpha": 1.5}, "alpha = 1.5"),
         ({"prompts_per_step": 6, "prompts_per_update": 4}, "not a multiple"),
         ({"steps": 0}, "steps = 0"),
+        ({"grader": "lenient"}, r"grader = 'lenient'; expected one of \['careful', 'reference'\]"),
     ],
 )
 def test_values_out_of_range_are_rejected(values, fragment):
@@ -83,3 +84,12 @@ def test_context_band_must_fit_the_screening():
         from_dict(ContextConfig, {"band": [3, 9], "select_k": 8})
     with pytest.raises(ConfigError, match="band = \\[4, 1\\]"):
         from_dict(ContextConfig, {"band": [4, 1]})
+
+
+def test_a_training_run_grades_by_its_experiments_rules_and_is_keyed_by_them():
+    from sdlib.experiments.training import config
+
+    exp = from_dict(OnPolicyConfig, {"grader": "reference"})
+    assert config(exp, "grpo", ["synthetic:addition:1:8"]).grader == "reference"
+    with pytest.raises(ConfigError, match="grader = 'exact'"):
+        from_dict(EvalConfig, {"grader": "exact"})

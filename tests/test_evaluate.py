@@ -7,6 +7,7 @@ import pytest
 
 from sdlib.behavior import EPISTEMIC_WORDS
 from sdlib.evaluate import SAMPLES_FILE, evaluate, pass_at_k, summarize
+from sdlib.grading import VERSION
 from sdlib.metrics import expected_keys
 from sdlib.problems import Problem
 from sdlib.rollout import Rollouts, Sampling, row_seed
@@ -312,3 +313,29 @@ def test_two_sets_sharing_problem_ids_stay_apart_in_the_overall_row():
     overall = table.loc["overall"]
     assert overall["eval/problems"] == 2 and overall["eval/k"] == 2
     assert overall["eval/pass@k"] == 0.5 and overall["eval/maj@k"] == 0.5
+
+
+def test_stored_grades_are_recomputed_under_other_rules_or_an_older_grader(tmp_path):
+    """A folder graded by an older grader (its lenient ``2.9999999`` for 3 marked correct)
+    or under other rules is never served as is: the stored texts are graded again."""
+    answers = {"Q3": ["so \\boxed{2.9999999}", "so \\boxed{3}"]}
+    one = [Problem(id="p3", question="Q3", answer="3")]
+
+    def run(rules, backend):
+        return evaluate(backend, PlainTok(), {"set": one}, k=2, sampling=Sampling(8),
+                        out_dir=tmp_path, progress=False, rules=rules)  # fmt: skip
+
+    careful = run("careful", ScriptedBackend(answers))
+    assert careful.samples["correct"].tolist() == [False, True]
+    path = tmp_path / SAMPLES_FILE
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for r in rows:  # as an older sdlib wrote them: no grader recorded, a lenient grade
+        del r["grader"]
+        r["correct"] = True
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    never = ScriptedBackend(answers, fail_on_call=1)  # nothing may be sampled again
+    assert run("careful", never).samples["correct"].tolist() == [False, True]
+    assert run("reference", never).samples["correct"].tolist() == [True, True]
+    stored = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["grader"] for r in stored] == [f"reference-{VERSION}"] * 2
+    assert run("careful", never).table.equals(careful.table)

@@ -116,7 +116,8 @@ def test_extraction_is_linear_on_hostile_input(text):
         ("\\pi/2", "\\frac{\\pi}{2}", "symbolic"),
         ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", "symbolic"),
         ("x=5", "5", "exact"),  # variable = value: the value is graded
-        ("0.3333333", "\\frac13", "symbolic"),  # decimals go to math-verify, which rounds
+        ("\\frac{1}{3}", "0.33", "exact"),  # a decimal key: the answer rounded to its places
+        ("0.\\overline{3}", "\\frac13", "exact"),  # a repeating decimal is exact
     ],
 )
 def test_equivalent(pred, gold, reason, worker):
@@ -130,7 +131,8 @@ def test_equivalent(pred, gold, reason, worker):
         ("3", "4"),
         ("1000", "100"),
         ("-\\frac{1}{2}", "\\frac{1}{2}"),
-        ("\\frac{1}{3}", "0.33"),
+        ("0.3333333", "\\frac13"),  # a decimal is the number it writes (math-verify rounds)
+        ("0.33", "\\frac13"),
         ("2 3", "23"),
         ("1, 234", "1234"),  # a pair, not a thousands separator
         ("x^2+1", "(x+1)^2"),
@@ -201,7 +203,7 @@ def _perturb(gold: str) -> str:
         return "ABCDEFGHIJ"[("ABCDEFGHIJ".index(letter) + 1) % 10]
     number = grading._number(gold)
     if number is not None:
-        value = min(number[0]) + 1
+        value = number.value + 1
         return f"{value.numerator}/{value.denominator}"
     return f"{gold}+1"
 
@@ -224,7 +226,7 @@ def test_fast_path_agrees_with_math_verify_on_reference_golds(shared_data, worke
         number = grading._number(gold)
         if number is None or gold.strip().isdigit():
             continue
-        value = min(number[0])
+        value = number.value
         if worker.check(f"{value.numerator}/{value.denominator}", gold, 5.0) != "symbolic":
             disagree.append(gold)
     assert disagree == []
@@ -427,13 +429,14 @@ def test_perturbation_is_unequal_for_numbers():
     "pred, gold, ok",
     [
         ("x - 2 = -2", "-2", False),  # math-verify alone accepts this; x is 0 here
-        ("2 + 3 = 5", "5", False),  # copying a worked example states no answer
+        ("2 + 3 = 5", "5", True),  # a computation whose every side is the value
+        ("2 + 3 = 6", "6", False),  # ... and not when one side is another value
         ("x = 5", "5", True),
         ("n=\\frac{1}{2}", "0.5", True),
         ("x = 2 + 3 = 5", "5", True),
     ],
 )
-def test_equations_count_only_as_variable_equals_value(pred, gold, ok):
+def test_equations_state_a_value_only_as_name_and_value(pred, gold, ok):
     assert grade(pred, gold).correct is ok
 
 

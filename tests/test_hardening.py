@@ -38,7 +38,7 @@ SMOKE = dict(
 TIMING = {"time/rollout", "time/update", "time/step", "time/teacher"}
 
 
-def parity_grader(text, gold):
+def parity_grader(text, gold, rules="careful"):
     return Grade(len(text) % 2 == 0, "exact")
 
 
@@ -310,7 +310,7 @@ def sdlib_process(args, out) -> subprocess.Popen:
         "import sys; from sdlib.grading import Grade; from sdlib.train import onpolicy; "
         "import sdlib.evaluate as ev; "
         "onpolicy.grade_response = ev.grade_response = "
-        "lambda t, g: Grade(len(t) % 2 == 0, 'exact'); "
+        "lambda t, g, **kw: Grade(len(t) % 2 == 0, 'exact'); "
         "from sdlib.cli import main; raise SystemExit(main(sys.argv[1:]))"
     )
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -417,6 +417,15 @@ def test_an_adapter_saved_as_a_pickle_is_refused(tmp_path):
     with pytest.raises(ModelNotFoundError, match="safetensors only"):
         load_policy("tiny-random:2x64", adapter=tmp_path)
     assert not marker.exists()
+
+
+def test_a_model_folder_without_a_tokenizer_is_one_line_naming_it(tmp_path):
+    from sdlib.models import ModelNotFoundError, load_policy, load_tokenizer
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    for load in (load_tokenizer, load_policy):
+        with pytest.raises(ModelNotFoundError, match=r"holds no tokenizer \(none of tokenizer"):
+            load(str(tmp_path))
 
 
 def _damage(path: Path, how: str) -> None:
@@ -533,3 +542,28 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(
     monkeypatch.setattr(rf, "save_file", real)
     train(cfg_for(out))
     assert_same_run(out, whole, 4)
+
+
+def test_ctrl_c_on_parallel_notebooks_stops_their_kernels_before_the_lock_goes(tmp_path):
+    """The kernels run in sessions of their own, out of reach of the terminal's Ctrl-C:
+    ``sdlib run --jobs 2`` interrupts them, and releases the run folder's lock only once
+    nothing writes to it any more."""
+    import fcntl
+
+    proc = sdlib_process(["run", "03", "04", "--preset", "smoke", "--jobs", "2"], tmp_path)
+    end = time.monotonic() + 300
+    while not any(tmp_path.glob("train/*/metrics.jsonl")) and time.monotonic() < end:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    fd = os.open(tmp_path / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until sdlib run lets go of the folder
+        released = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+        assert proc.wait(timeout=120) == 130
+        time.sleep(3)
+        after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    finally:
+        os.close(fd)
+    assert after == released
+    assert "interrupted" in proc.stderr.read().lower()

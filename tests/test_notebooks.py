@@ -7,7 +7,15 @@ import pytest
 import yaml
 
 from sdlib import config as cfgmod
-from sdlib.runner import NOTEBOOK_DIR, NOTEBOOKS, PARAMS_DIR, notebook_params, preset_values
+from sdlib.runner import (
+    NOTEBOOK_DIR,
+    NOTEBOOKS,
+    PARAMS_DIR,
+    defines,
+    notebook_params,
+    preset_values,
+    resolve,
+)
 
 PRESETS = sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir())
 
@@ -48,10 +56,20 @@ def test_notebooks_are_thin_and_cleared(name):
         assert not any(isinstance(n, banned) for n in ast.walk(tree)), f"logic in {name}"
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize(
+    "preset, name", [(p, n) for p in PRESETS for n in NOTEBOOKS if defines(p, n)]
+)
 def test_every_preset_validates(preset, name, tmp_path):
     notebook_params(name, preset, tmp_path, {})  # raises ConfigError naming the value
+
+
+def test_all_runs_what_a_preset_defines():
+    assert resolve(["all"], "organism") == NOTEBOOKS
+    assert resolve(["all"], "smoke") == NOTEBOOKS
+    organism_only = ["06_mechanism"]  # its variants exist for the organism alone
+    for preset in ("tiny", "paper", "paper-qwen3-8b"):
+        assert resolve(["all"], preset) == [n for n in NOTEBOOKS if n not in organism_only]
+    assert resolve(["06"], "organism") == ["06_mechanism"]
 
 
 def test_what_a_preset_leaves_out_is_the_schema_default_not_the_cell(tmp_path):

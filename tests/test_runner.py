@@ -47,6 +47,12 @@ EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
     "05_task_coverage": {
         "coverage": ["train_score", "train_score_lo", "accuracy", "length"],
         "ood": ["accuracy"],
+        "efficiency": ["seeds reached", "correct per 1k tokens", "correct per 1k tokens_lo"],
+    },
+    "06_mechanism": {
+        "effects": ["Δaccuracy", "Δaccuracy_lo", "Δaccuracy_hi", "Δlength", "Δepistemic"],
+        "versus_default": ["ΔΔ", "ΔΔ_lo", "ΔΔ_hi", "problems"],
+        "verdicts": ["value", "value_lo", "value_hi"],
     },
 }
 FIGURES = {
@@ -62,6 +68,7 @@ FIGURES = {
         "ood_accuracy",
     ],
     "05_task_coverage": ["coverage", "curves", "ood_over_training"],
+    "06_mechanism": ["effects"],
 }
 
 
@@ -126,7 +133,9 @@ def test_shared_runs_are_computed_once(smoke_run):
     assert len(sdpo) == len(set(sdpo))
     name = "04_fixed_vs_moving_teacher"
     seeds = cfgmod.from_dict(cfgmod.EXPERIMENTS[name], preset_values(name, "smoke")).seeds
-    assert len(sdpo) == (1 + 1 + 2) * len(seeds)  # 03/04 shared, 04's EMA, 05's two sizes
+    # 03/04 shared, 04's EMA, 05's two sizes, 06's four organisms (smoke organisms, where
+    # 03 trains the random model, so nothing of 06 is shared here)
+    assert len(sdpo) == (1 + 1 + 2 + 4) * len(seeds)
 
 
 def test_an_evaluation_is_found_by_what_it_computes_whatever_its_label(smoke_run):
@@ -169,7 +178,12 @@ def test_parallel_notebooks_start_in_order_and_02_only_after_01():
 
     run_parallel(NOTEBOOKS, 2, fake)
     starts = [e[1] for e in events if e[0] == "start"]
-    assert starts[:3] == ["03_sdpo_vs_grpo", "05_task_coverage", "01_context_richness"]
+    assert starts[:4] == [
+        "03_sdpo_vs_grpo",
+        "06_mechanism",
+        "05_task_coverage",
+        "01_context_richness",
+    ]
     assert max(e[2] for e in events if e[0] == "start") == 2  # never more than 2 at once
     assert events.index(("end", "01_context_richness")) < [e[:2] for e in events].index(
         ("start", "02_sft_guided_vs_unguided")

@@ -7,13 +7,18 @@ advantage fades and OOD accuracy falls below the base model, while GRPO improves
 
     train_score   mean training reward over the last half of the steps (in-domain), per
                   seed, then across seeds
+    efficiency    the "sometimes" side: per run, the steps and generated tokens until a step's
+                  mean training reward first reaches ``cfg.reach`` (``efficiency``), and
+                  correct responses per 1,000 generated tokens over the whole run; across seeds
     accuracy ...  the final adapter on each evaluation set, paired with the base model
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sdlib import plots, stats
@@ -54,13 +59,49 @@ def train_score(trained) -> stats.Estimate:
     return stats.across_seeds(late)
 
 
+def efficiency(metrics: pd.DataFrame, responses_per_step: int, reach: float) -> dict:
+    """One run's training efficiency from its metrics (one row per step).
+
+    ``steps to reach`` / ``tokens to reach``: how many steps ran until the first whose mean
+    training reward reaches ``reach`` (it included), and the response tokens generated in them
+    (mean length x ``responses_per_step``, summed); NaN when no step reaches it.
+    ``correct per 1k tokens``: correct responses per 1,000 generated tokens over all steps."""
+    reward = metrics["rollout/reward_mean"].to_numpy(np.float64)
+    tokens = metrics["rollout/len_tokens"].to_numpy(np.float64) * responses_per_step
+    hit = np.flatnonzero(reward >= reach)
+    first = int(hit[0]) if hit.size else None
+    return {
+        "steps to reach": math.nan if first is None else float(first + 1),
+        "tokens to reach": math.nan if first is None else float(tokens[: first + 1].sum()),
+        "correct per 1k tokens": 1000 * float((reward * responses_per_step).sum() / tokens.sum()),
+    }
+
+
+def efficiency_row(trained, reach: float) -> dict:
+    """``efficiency`` of each seed's run, across seeds: how many seeds reached ``reach``, the
+    mean (95% interval over those seeds) of their steps and tokens to reach it, and
+    correct responses per 1k tokens over every seed."""
+    per_seed = [
+        efficiency(t.metrics, t.config.prompts_per_step * t.config.rollouts_per_prompt, reach)
+        for t in trained
+    ]
+    reached = [e for e in per_seed if not math.isnan(e["steps to reach"])]
+    row = {"seeds reached": len(reached), "seeds": len(per_seed)}
+    for key in ("steps to reach", "tokens to reach"):
+        values = [e[key] for e in reached]
+        row |= stats.across_seeds(values).columns(key) if values else {key: math.nan}
+    return row | stats.across_seeds([e["correct per 1k tokens"] for e in per_seed]).columns(
+        "correct per 1k tokens"
+    )
+
+
 @timed
 def run(cfg: CoverageConfig) -> Results:
     res = Results(Path(cfg.out) / NAME)
     sets = training_sets(cfg, res.folder)
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
     base = evaluate_seeds(cfg, "base", benchmarks)
-    evals, steps, metrics, scores = {"base": base}, {}, {}, {}
+    evals, steps, metrics, scores, spent = {"base": base}, {}, {}, {}, {}
     for algo in cfg.algos:
         extra = cfg.sdpo if algo == "sdpo" else cfg.grpo
         for size, data in sets.items():
@@ -71,6 +112,7 @@ def run(cfg: CoverageConfig) -> Results:
             steps.update(points := checkpoint_evals(cfg, label, trained, benchmarks, base))
             evals[label], metrics[label] = points[max(points)], [t.metrics for t in trained]
             scores[(algo.upper(), size)] = train_score(trained)
+            spent[(algo.upper(), size)] = efficiency_row(trained, cfg.reach)
     subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
     ood = res.table("ood", tables.by_benchmark(evals))
     first = next(iter(benchmarks))  # the figure's evaluation set (the study reads AIME24)
@@ -99,7 +141,10 @@ def run(cfg: CoverageConfig) -> Results:
             "Out-of-distribution evaluation of the checkpoints",
         ),
     )
+    table = res.table("efficiency", efficiency_table(spent))
     lines = [f"- {line}" for line in tables.notes(ood)]
+    lines += ["", f"Training efficiency (a step's mean training reward reaching {cfg.reach}):"]
+    lines += [f"- {line}" for line in efficiency_notes(table, cfg.reach)]
     narrow = narrow_rows(cfg, benchmarks, base) if cfg.narrow_train else None
     if narrow is not None:
         res.table("narrow", narrow)
@@ -144,3 +189,43 @@ def coverage_table(ood: pd.DataFrame, scores: dict, benchmark: str) -> pd.DataFr
         row = ood.loc[(f"{algo} |D|={size}", benchmark)]
         rows[(algo, size)] = {**score.columns("train_score"), **row.to_dict()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["algo", "size"])
+
+
+def efficiency_table(spent: dict) -> pd.DataFrame:
+    """Rows (algo, size): ``efficiency_row`` of each run."""
+    return pd.DataFrame.from_dict(spent, orient="index").rename_axis(["algo", "size"])
+
+
+def _span(row, key: str, digits: int = 0) -> str:
+    return (
+        f"{row[key]:,.{digits}f} [{row[key + '_lo']:,.{digits}f}, {row[key + '_hi']:,.{digits}f}]"
+    )
+
+
+def efficiency_notes(table: pd.DataFrame, reach: float) -> list[str]:
+    """One sentence per size: each algorithm's seeds reaching ``reach``, its steps and
+    tokens to get there, its correct responses per 1k tokens, and whether the algorithms'
+    intervals of the last are apart (across seeds: no pairing of runs)."""
+    lines = []
+    for size, part in table.groupby(level="size", sort=True):
+        said = []
+        for (algo, _), row in part.iterrows():
+            seeds = f"{int(row['seeds reached'])}/{int(row['seeds'])} seeds reached {reach}"
+            if row["seeds reached"]:
+                seeds += (
+                    f" after {_span(row, 'steps to reach', 1)} steps and "
+                    f"{_span(row, 'tokens to reach')} generated tokens"
+                )
+            said.append(
+                f"{algo} {seeds}; {_span(row, 'correct per 1k tokens', 2)} correct per 1k tokens"
+            )
+        if len(part) == 2:
+            a, b = part.iloc[0], part.iloc[1]
+            apart = (
+                a["correct per 1k tokens_lo"] > b["correct per 1k tokens_hi"]
+                or b["correct per 1k tokens_lo"] > a["correct per 1k tokens_hi"]
+            )
+            verdict = "are apart (exceeds" if apart else "overlap (within"
+            said.append(f"their correct-per-token intervals {verdict} noise across seeds)")
+        lines.append(f"|D| = {size}: " + "; ".join(said) + ".")
+    return lines

@@ -94,6 +94,7 @@ def evaluate_policy(
         few_shot=cfg.few_shot,
         context=model_limits(cfg.model)[1],
         prefill=prefill,
+        rules=cfg.grader,
         # as many problems per generate call as fill a decode batch with their k samples
         problems_per_batch=max(1, cfg.gen_batch // k),
     )

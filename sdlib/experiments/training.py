@@ -12,6 +12,7 @@ import pandas as pd
 import sdlib.train as trainers
 from sdlib.config import TrainConfig, from_dict
 from sdlib.experiments import cache
+from sdlib.grading import VERSION as GRADING
 from sdlib.runfolder import RunFolder, verify, weights_folder
 from sdlib.train.core import resolve_finetune
 from sdlib.train.loop import METRICS_FILE, finished
@@ -26,6 +27,7 @@ SHARED = (
     "gen_batch",
     "backend",
     "max_new_tokens",
+    "grader",
 )
 # fields that do not change what a run computes, left out of its key
 UNKEYED = ("out", "save_every", "sample_every", "log_to")
@@ -84,7 +86,9 @@ def train(cfg, tcfg: TrainConfig) -> Trained:
     (``finetune: auto`` resolved first, so the key names what runs)."""
     tcfg = resolve_finetune(tcfg)
     keyed = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in UNKEYED}
-    out = cache.folder(cfg.out, "train", tcfg.algo, {"revision": trainers.REVISION, **keyed})
+    out = cache.folder(
+        cfg.out, "train", tcfg.algo, {"revision": trainers.REVISION, "grading": GRADING, **keyed}
+    )
     tcfg = dataclasses.replace(tcfg, out=str(out))
     return Trained(trainers.train(tcfg), tcfg)
 

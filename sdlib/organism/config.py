@@ -73,7 +73,12 @@ class OrganismConfig:
     lr: float = doc("peak AdamW learning rate (cosine decay after a linear warm-up)", 2e-3)
     warmup: int = doc("warm-up steps", 50)
     weight_decay: float = doc("AdamW weight decay on matrices", 0.1)
-    bf16: bool = doc("bf16 autocast in pretraining (weights stay fp32)", True)
+    bf16: bool = doc(
+        "bf16 autocast in pretraining (weights stay fp32). Off by default: on a CPU without "
+        "native bf16 (AVX-512 BF16 or AMX; e.g. an AVX2-only EPYC) its matrix products are "
+        "emulated and the build runs ~50x slower, and with it on it was no faster elsewhere",
+        False,
+    )
     compile: bool = doc(
         "pretrain through torch.compile (needs a C++ compiler; ~2x faster on CPU, and its "
         "kernels round differently from eager ones, so the weights differ)",
@@ -182,18 +187,35 @@ VARIANTS: dict[str, dict] = {
         "gate": "skip",
         "compile": False,
     },
+    # The mechanism's variants (notebook 06), each one property away from the default; their
+    # gates record (a variant may remove the premise on purpose, and the notebook says so).
     # the same search, hedged with no epistemic word: nothing for SDPO to suppress
-    "silent": {"verbalize": False},
-    # checks that compute nothing: search cannot beat a guess, so the gate only records
+    "silent": {"verbalize": False, "gate": "record"},
+    # checks that compute nothing: search cannot beat a guess
     "decorative": {"checks": "decorative", "gate": "record"},
+    # a teacher that keeps checking: with a full correct trace in context it still verifies
+    # the answer before stating it (the default answers such a context confidently)
+    "checking": {"verify_after_trace": 1.0, "gate": "record"},
 }
 
 
 def variant(name: str = "organism", **overrides) -> OrganismConfig:
-    """A registered variant (``VARIANTS``), optionally with fields replaced."""
-    if name not in VARIANTS:
-        raise ConfigError(f"no organism variant {name!r}; known: {', '.join(VARIANTS)}")
-    return from_dict(OrganismConfig, {"name": name, **VARIANTS[name], **overrides})
+    """A registered variant (``VARIANTS``), or several joined by ``+`` (their fields in
+    order, later ones winning: ``silent+smoke`` is the silent variant at smoke scale),
+    optionally with fields replaced."""
+    fields: dict = {}
+    for part in name.split("+"):
+        if part not in VARIANTS:
+            raise ConfigError(f"no organism variant {part!r}; known: {', '.join(VARIANTS)}")
+        fields |= VARIANTS[part]
+    return from_dict(OrganismConfig, {"name": name, **fields, **overrides})
+
+
+def variant_spec(model: str, name: str) -> str:
+    """The spec of variant ``name`` at the scale of the organism ``model``: ``organism`` ->
+    ``organism:silent``, ``organism:smoke`` -> ``organism:silent+smoke``."""
+    base = model.partition(":")[2]
+    return f"organism:{name}" if base in ("", "organism") else f"organism:{name}+{base}"
 
 
 def from_spec(spec: str) -> OrganismConfig:

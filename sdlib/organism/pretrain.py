@@ -56,7 +56,7 @@ class Schedule:
     warmup: int = 50
     weight_decay: float = 0.1
     batch_tokens: int = 4096
-    bf16: bool = True
+    bf16: bool = False
     seed: int = 0
     compile: bool = False
 

@@ -57,7 +57,7 @@ def rollout_phase(policy, backend, problems, cfg, step, keys=None) -> StepBatch:
     ro = backend.generate(texts, n=cfg.rollouts_per_prompt, sampling=sampling, keys=keys)
     rewards = torch.tensor(
         [
-            float(grade_response(t, problems[i].answer).correct)
+            float(grade_response(t, problems[i].answer, rules=cfg.grader).correct)
             for t, i in zip(ro.text, ro.prompt_index, strict=True)
         ]
     )
