@@ -334,16 +334,9 @@ def _is_unit(note: str) -> bool:
     )
 
 
-def _settle(s: str) -> tuple[str, bool]:
-    """(value, honest): ``s`` less the trailing material that leaves its value alone, and
-    whether what follows the value is only such material (``_settled`` also names the
-    units it removed)."""
-    value, honest, _ = _settled(s)
-    return value, honest
-
-
 def _settled(s: str) -> tuple[str, bool, tuple[str, ...]]:
-    """(value, honest, units): see ``_settle``.
+    """(value, honest, units): ``s`` less the trailing material that leaves its value alone,
+    whether what follows the value is only such material, and the units it removed.
 
     Removed: spacing, one final period, unit notes (``\\text{ cm}^2``, see ``_is_unit``); a
     ``\\text{ percent}`` note becomes ``\\%``. Not honest: a trailing note that is not a unit
@@ -401,8 +394,8 @@ def _unit_name(note: str) -> str:
 
 
 def _drop_notes(s: str) -> str:
-    """``s`` less its harmless trailing material (see ``_settle``)."""
-    return _settle(s)[0]
+    """``s`` less its harmless trailing material (see ``_settled``)."""
+    return _settled(s)[0]
 
 
 _SIZED_RE = re.compile(r"\\(?:left|right)\s*(?=[()\[\]|]|\\[{}|])")  # \left( is (
@@ -759,7 +752,7 @@ def _make_checker():
 
     ``units=False``: math-verify's own unit stripping drops any trailing ``\\text{..}`` and
     ~150 bare words (``5 \\text{ million}``, ``5 more``, ``2 ab`` and ``x+1 t`` all read as the
-    bare value). Trailing material is decided here instead (``_settle``, ``_drop_notes``)."""
+    bare value). Trailing material is decided here instead (``_settled``, ``_drop_notes``)."""
     import logging
 
     from math_verify import LatexExtractionConfig, LatexNormalizationConfig, parse, verify
