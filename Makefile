@@ -50,8 +50,9 @@ demo: setup
 mechanism: setup
 	$(BIN)/sdlib run 06 --preset $(PRESET) --jobs $(JOBS) --out runs/$(PRESET)/demo
 
+# rooted at the repository, so runs/ (executed notebooks, reports) is in reach beside notebooks/
 lab: dev
-	$(BIN)/jupyter lab --allow-root notebooks
+	$(BIN)/jupyter lab --allow-root --ServerApp.root_dir=$(CURDIR)
 
 bench: setup
 	$(BIN)/python bench/loss_memory.py

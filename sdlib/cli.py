@@ -9,7 +9,6 @@ import typing
 
 from sdlib import config as cfgmod
 from sdlib.schema import read_yaml
-from sdlib.settings import REPO_ROOT
 
 
 def add_schema_args(parser: argparse.ArgumentParser, cls, skip: set[str] = frozenset()) -> None:
@@ -65,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=["all"],
         help="notebook names or unique prefixes (00 ... 05), or all (default)",
     )
-    names = sorted(p.name for p in (REPO_ROOT / "params").iterdir() if p.is_dir())
-    run.add_argument("--preset", default="organism", help=f"params/<preset>/: {', '.join(names)}")
+    names = ", ".join(cfgmod.presets())
+    run.add_argument("--preset", default="organism", help=f"params/<preset>/: {names}")
     run.add_argument(
         "--out",
         default="",

@@ -15,11 +15,12 @@ import dataclasses
 import functools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sdlib.prompts import THINKING
 from sdlib.schema import ConfigError, doc, from_dict, load, parse_override, read_yaml, save
-from sdlib.settings import DEFAULT_MODEL
+from sdlib.settings import DEFAULT_MODEL, REPO_ROOT, repo_path
 
 __all__ = ["ConfigError", "doc", "from_dict", "load", "parse_override", "read_yaml", "save"]
 
@@ -358,8 +359,12 @@ class ExperimentConfig:
         "seeds (95% intervals over seeds, problems and samples)",
         [0],
     )
-    out: str = doc("run folder shared by the five notebooks; reruns resume", "runs/tiny/lab")
-    preset: str = doc("preset name, shown in figure titles", "tiny")
+    out: str = doc(
+        "run folder shared by the notebooks, a relative one under the repository root "
+        "(wherever the kernel starts); reruns resume",
+        "runs/lab",
+    )
+    preset: str = doc("preset the values come from, shown in figure titles", "none")
     few_shot: bool = shared("few_shot", True)
     thinking: str = shared("thinking", "default")
     gen_batch: int = shared("gen_batch", 32)
@@ -379,6 +384,8 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         check_values(self)
+        # JupyterLab starts a kernel in the notebook's folder, `sdlib run` in the repository
+        self.out = str(repo_path(self.out))
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ConfigError(f"seeds = {self.seeds!r}; expected distinct ints >= 0, at least one")
         for name in ("train", "grpo", "sdpo"):
@@ -528,6 +535,13 @@ class CoverageConfig(ExperimentConfig):
         "a step's mean reward first reaches it",
         0.9,
     )
+    budget: int = doc(
+        "the narrow regime where compression should pay: the budget_sizes sets trained again "
+        "with responses cut at this many tokens, so the base's searches fit only part of the "
+        "time and a short recalled answer is worth more (0: no such runs)",
+        0,
+    )
+    budget_sizes: list[int] = doc("sizes |D| trained again under budget (each one of sizes)", [1])
     narrow_train: list[str] = doc(
         "narrow-coverage training sets, each trained on with every algo (the study's "
         "chemistry row: chemistry_train)",
@@ -551,6 +565,11 @@ class CoverageConfig(ExperimentConfig):
             )
         if not set(self.algos) <= {"sdpo", "grpo"}:
             raise ConfigError(f"algos = {self.algos!r}; expected a list of sdpo and grpo")
+        if self.budget < 0 or (self.budget and not set(self.budget_sizes) <= set(self.sizes)):
+            raise ConfigError(
+                f"budget = {self.budget}, budget_sizes = {self.budget_sizes}: the budget is a "
+                f"token count >= 0 and its sizes must be among sizes = {self.sizes}"
+            )
 
 
 EXPERIMENTS = {
@@ -568,3 +587,89 @@ def from_namespace(cls, namespace: dict):
     """The schema's fields picked by name out of a notebook's globals (its parameters cell)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return from_dict(cls, {k: v for k, v in namespace.items() if k in names})
+
+
+# Presets: params/<preset>/<notebook>.yaml, or a folder holding only _preset.yaml that
+# derives one preset from another (extends: <preset>, set: {...}).
+PARAMS_DIR = REPO_ROOT / "params"
+
+
+def demo_folder(preset: str) -> str:
+    """The run folder ``make demo`` writes at ``preset`` (the Makefile's ``--out``): the
+    notebooks' parameters cells and ``preset()`` point there, so they reuse its runs."""
+    return f"runs/{preset}/demo"
+
+
+def notebook_name(name: str) -> str:
+    """A notebook's full name from itself or a unique prefix ("03")."""
+    found = [n for n in EXPERIMENTS if n == name or n.startswith(name)]
+    if len(found) != 1:
+        raise ConfigError(
+            f"notebook {name!r} is not one of {list(EXPERIMENTS)} (or 'all'; a unique prefix "
+            f"such as '03' works too)"
+        )
+    return found[0]
+
+
+def presets() -> list[str]:
+    return sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir())
+
+
+def defines(preset: str, name: str, seen: tuple[str, ...] = ()) -> bool:
+    """Whether ``preset`` (or a preset it extends) holds ``<name>.yaml``."""
+    folder = PARAMS_DIR / preset
+    if (folder / f"{name}.yaml").exists():
+        return True
+    if preset in seen or not (folder / "_preset.yaml").exists():
+        return False
+    try:
+        spec = read_yaml((folder / "_preset.yaml").read_text(), preset)
+    except ConfigError:
+        return True  # preset_values names what is wrong with it
+    parent = spec.get("extends") if isinstance(spec, dict) else None
+    return not isinstance(parent, str) or defines(parent, name, (*seen, preset))
+
+
+def preset_values(name: str, preset: str, seen: tuple[str, ...] = ()) -> dict:
+    """The YAML values of notebook ``name`` at ``preset``. A preset folder may hold
+    ``_preset.yaml`` with ``extends: <preset>`` and ``set: {...}``: the other preset's values
+    with these on top (then the folder's own ``<name>.yaml``, if any)."""
+    folder = PARAMS_DIR / preset
+    if not folder.is_dir():
+        raise ConfigError(f"no preset {preset!r}; presets: {presets()}")
+    if preset in seen:
+        raise ConfigError(f"presets extend each other in a circle: {' -> '.join([*seen, preset])}")
+    values, own, where = {}, folder / f"{name}.yaml", folder / "_preset.yaml"
+    if where.exists():
+        spec = read_yaml(where.read_text(), str(where))
+        if not isinstance(spec, dict) or not isinstance(spec.get("extends"), str):
+            raise ConfigError(
+                f"{where}: expected a mapping with extends: <preset> and set: {{...}}, got {spec!r}"
+            )
+        if not isinstance(spec.get("set") or {}, dict):
+            raise ConfigError(f"{where}: set must be a mapping of parameter: value")
+        values = preset_values(name, spec["extends"], (*seen, preset))
+        values.update({k: v for k, v in (spec.get("set") or {}).items()
+                       if k in EXPERIMENTS[name].__dataclass_fields__})  # fmt: skip
+    elif not own.exists():
+        raise ConfigError(f"preset {preset!r} has no {own.name}; presets: {presets()}")
+    if own.exists():
+        values.update(read_yaml(own.read_text(), str(own)) or {})
+    return values
+
+
+def preset(name: str, notebook: str, out: str | Path | None = None, **overrides):
+    """The configuration of ``notebook`` (its name or a unique prefix) at preset ``name``:
+    what ``sdlib run --preset <name>`` injects into its parameters cell, checked by its
+    schema, with the schema's defaults for what the preset leaves out. ``out`` defaults to
+    ``make demo``'s folder at that preset, so a notebook finds the runs it made.
+
+        cfg = config.preset("organism", "03", eval_k=4)
+    """
+    notebook = notebook_name(notebook)
+    values = {**preset_values(notebook, name), **overrides}
+    values.update(out=str(out or demo_folder(name)), preset=name)
+    try:
+        return from_dict(EXPERIMENTS[notebook], values)
+    except ConfigError as err:
+        raise ConfigError(f"{notebook} (preset {name}): {err}") from None

@@ -162,7 +162,8 @@ def load_problems(spec: str | Path) -> ProblemSet:
     - a short name in ``HUB_DATASETS`` (``dapo``) or a Hub id ``owner/name``;
     - ``synthetic:<family|mix|a+b>[:<level|1-3>][:<count>][:<seed>]``;
     - ``organism:<family|all>:<train|heldout>[:<count>][:<variant>]``: the model
-      organism's problems (``sdlib.organism``), e.g. ``organism:affine:heldout:100``.
+      organism's problems (``sdlib.organism``), e.g. ``organism:affine:heldout:100``;
+      ``all`` is its problem families, an unseen (OOD) family is named on its own.
     """
     text = str(spec)
     if text.startswith("synthetic:"):
@@ -226,7 +227,8 @@ def _load_organism(spec: str) -> ProblemSet:
     family, split = parts[0], parts[1]
     cfg = variant(parts[3] if len(parts) > 3 else "organism")
     sets = splits(cfg)
-    names = list(sets) if family == "all" else [family]
+    # "all" is the problem families: an OOD family is named on its own, never trained by default
+    names = cfg.families if family == "all" else [family]
     if not set(names) <= set(sets):
         raise ValueError(f"{spec!r}: no family {family!r}; the organism has {sorted(sets)}")
     problems = [p for n in names for p in sets[n][split]]

@@ -33,7 +33,7 @@ from sdlib.clock import phase
 from sdlib.grading import VERSION, extract_answer, grade_response
 from sdlib.metrics import check_row
 from sdlib.problems import Problem
-from sdlib.progress import tqdm
+from sdlib.progress import status, tqdm
 from sdlib.prompts import chat, student_turn, system_of
 from sdlib.rollout import Sampling
 from sdlib.runfolder import (
@@ -179,6 +179,9 @@ def evaluate(
         rows = [] if path is None else regraded(_complete(read_jsonl(path), k, path), rules, path)
         counts = Counter((r["benchmark"], r["problem_id"]) for r in rows)
         todo = [(n, p) for n, ps in benchmarks.items() for p in ps if counts[(n, p.id)] < k]
+        if folder is not None and not todo and progress:
+            found = sum(map(len, benchmarks.values()))
+            status(f"evaluate: {found} problems x {k} samples found in {folder.path}")
         texts = render([p for _, p in todo], tokenizer, prompt_fn, thinking, few_shot, prefill)
         keep = within_context(
             [p for _, p in todo], texts, tokenizer, sampling.max_new_tokens, context, "evaluate"

@@ -74,7 +74,11 @@ def runs_of(name: str, cfg) -> list:
     if name.startswith("04"):
         return [one("sdpo")] * (1 + len(cfg.ema_rates))
     if name.startswith("05"):
-        return [one(algo) for algo in cfg.algos for _ in cfg.sizes]
+        budget = cfg.budget_sizes if cfg.budget else []
+        cut = {"max_new_tokens": cfg.budget}
+        return [one(algo) for algo in cfg.algos for _ in cfg.sizes] + [
+            one(algo, cut) for algo in cfg.algos for _ in budget
+        ]
     if name.startswith("06"):  # the default organism and each variant
         return [one("grpo"), one("sdpo")] * (1 + len(cfg.variants))
     return []
@@ -90,6 +94,7 @@ def notebook_cost(name: str, cfg, eval_problems: int, mean: float | None = None)
     total = sample(evals * seeds, cfg.max_new_tokens, mean)  # the base model
     for t in runs_of(name, cfg):
         every = cfg.eval_checkpoints and t.algo != "sft" and not name.startswith("06")
+        every &= t.max_new_tokens == cfg.max_new_tokens  # 05's budget runs: their final only
         points = -(-t.steps // t.save_every) if every else 1
         total = (
             total

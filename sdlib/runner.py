@@ -4,8 +4,8 @@
         notebooks/<name>.ipynb       executed copies (with outputs); <name>.done when finished
         <name>/tables/*.csv, <name>/figures/*.png
         train/, eval/                content-addressed training and evaluation runs
-        report.md, report.html       every note, table and figure, in the study's order
-                                     (the html one file with the figures embedded)
+        report.md, report.html       the findings, then a section per notebook in the
+                                     study's order (sdlib.report; the html one file)
 
 Parameters come from ``params/<preset>/<name>.yaml``, then ``-p key value`` overrides, and
 are validated by the notebook's schema before anything runs. A rerun on the same folder
@@ -16,7 +16,6 @@ that did not change are found on disk either way.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import math
@@ -25,18 +24,19 @@ import signal
 import sys
 import threading
 import time
-from html import escape
 from pathlib import Path
 
 import pandas as pd
 
 from sdlib import config as cfgmod
+from sdlib.config import PARAMS_DIR, defines, preset_values, presets  # noqa: F401 - re-exported
 from sdlib.experiments.results import TIMINGS
+from sdlib.progress import TEXT_PROGRESS
+from sdlib.report import write_report
 from sdlib.runfolder import WAIT_FOR_LOCKS, RunFolder, write_atomic
 from sdlib.settings import REPO_ROOT
 
 NOTEBOOKS = list(cfgmod.EXPERIMENTS)
-PARAMS_DIR = REPO_ROOT / "params"
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
@@ -49,79 +49,14 @@ def resolve(names: list[str], preset: str | None = None) -> list[str]:
     defines (notebook 06 runs on organisms only, so the tiny and paper presets leave it out)."""
     if names in (["all"], []):
         return NOTEBOOKS if preset is None else [n for n in NOTEBOOKS if defines(preset, n)]
-    out = []
-    for name in names:
-        found = [n for n in NOTEBOOKS if n == name or n.startswith(name)]
-        if len(found) != 1:
-            raise cfgmod.ConfigError(
-                f"notebook {name!r} is not one of {NOTEBOOKS} (or 'all'; "
-                f"a unique prefix such as '03' works too)"
-            )
-        out.append(found[0])
-    return out
-
-
-def defines(preset: str, name: str, seen: tuple[str, ...] = ()) -> bool:
-    """Whether ``preset`` (or a preset it extends) holds ``<name>.yaml``."""
-    folder = PARAMS_DIR / preset
-    if (folder / f"{name}.yaml").exists():
-        return True
-    if preset in seen or not (folder / "_preset.yaml").exists():
-        return False
-    try:
-        spec = cfgmod.read_yaml((folder / "_preset.yaml").read_text(), preset)
-    except cfgmod.ConfigError:
-        return True  # preset_values names what is wrong with it
-    parent = spec.get("extends") if isinstance(spec, dict) else None
-    return not isinstance(parent, str) or defines(parent, name, (*seen, preset))
-
-
-def presets() -> list[str]:
-    return sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir())
-
-
-def preset_values(name: str, preset: str, seen: tuple[str, ...] = ()) -> dict:
-    """The YAML values of notebook ``name`` at ``preset``. A preset folder may hold
-    ``_preset.yaml`` with ``extends: <preset>`` and ``set: {...}``: the other preset's values
-    with these on top (then the folder's own ``<name>.yaml``, if any)."""
-    folder = PARAMS_DIR / preset
-    if not folder.is_dir():
-        raise cfgmod.ConfigError(f"no preset {preset!r}; presets: {presets()}")
-    if preset in seen:
-        chain = " -> ".join([*seen, preset])
-        raise cfgmod.ConfigError(f"presets extend each other in a circle: {chain}")
-    values, own = {}, folder / f"{name}.yaml"
-    if (folder / "_preset.yaml").exists():
-        spec = cfgmod.read_yaml((folder / "_preset.yaml").read_text(), str(folder / "_preset.yaml"))
-        where = folder / "_preset.yaml"
-        if not isinstance(spec, dict) or not isinstance(spec.get("extends"), str):
-            raise cfgmod.ConfigError(
-                f"{where}: expected a mapping with extends: <preset> and set: {{...}}, got {spec!r}"
-            )
-        if not isinstance(spec.get("set") or {}, dict):
-            raise cfgmod.ConfigError(f"{where}: set must be a mapping of parameter: value")
-        values = preset_values(name, spec["extends"], (*seen, preset))
-        values.update({k: v for k, v in (spec.get("set") or {}).items()
-                       if k in cfgmod.EXPERIMENTS[name].__dataclass_fields__})  # fmt: skip
-    elif not own.exists():
-        raise cfgmod.ConfigError(f"preset {preset!r} has no {own.name}; presets: {presets()}")
-    if own.exists():
-        values.update(cfgmod.read_yaml(own.read_text(), str(own)) or {})
-    return values
+    return [cfgmod.notebook_name(name) for name in names]
 
 
 def notebook_params(name: str, preset: str, root: Path, overrides: dict) -> dict:
-    """The preset's parameters for ``name`` with overrides, checked by its schema, with the
-    schema's defaults filled in."""
-    values = preset_values(name, preset)
-    schema = cfgmod.EXPERIMENTS[name]
-    fields = {f for f in schema.__dataclass_fields__}
-    values.update({k: v for k, v in overrides.items() if k in fields})
-    values.update(out=str(root), preset=preset)
-    try:
-        cfg = cfgmod.from_dict(schema, values)
-    except cfgmod.ConfigError as err:
-        raise cfgmod.ConfigError(f"{name} (preset {preset}): {err}") from None
+    """The preset's parameters for ``name`` with overrides (those of its schema), checked
+    by its schema, with the schema's defaults filled in (``config.preset``)."""
+    fields = set(cfgmod.EXPERIMENTS[name].__dataclass_fields__) - {"out", "preset"}
+    cfg = cfgmod.preset(preset, name, root, **{k: v for k, v in overrides.items() if k in fields})
     # every field, so what a preset leaves out is the schema's default, not whatever the
     # notebook's parameters cell happens to hold
     return dict(vars(cfg))
@@ -168,11 +103,11 @@ def run(
                 step(name)
         else:
             _in_parallel(step, names, jobs)
-        md, html = write_report(root, names)
+        md, html = write_report(root, NOTEBOOKS)  # every notebook finished here, in order
         spent = time_table(root, names, built)
         write_atomic(root / "timings.md", spent.to_markdown(floatfmt=".0f") + "\n")
     # the tables, in the terminal too (figures: see the report)
-    print("\n".join(x for x in md.read_text().splitlines() if not x.startswith("![")))
+    print("\n".join(x for x in md.read_text().splitlines() if not x.startswith(("![", "<a id="))))
     print(f"[sdlib run] report: {md} and {html} (one file, figures inside)")
     print(
         f"[sdlib run] where the time went, seconds per notebook ({jobs} at a time; the run "
@@ -439,83 +374,54 @@ def _clock(start: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s"
 
 
+# The kernel papermill runs notebooks in: jupyter_client's name for the interpreter that
+# asks (sys.executable, so this environment's), there wherever ipykernel is installed. The
+# notebooks name "sdlib", the kernel `make setup` registers for JupyterLab, which a machine
+# set up some other way lacks.
+KERNEL = "python3"
+
+
+def _kernel_manager_class(stderr):
+    """A kernel manager class whose kernels start with ``stderr`` as their own stderr, where
+    their progress bars go (``sdlib.progress``). Passed as a class, not an instance, so that
+    papermill's client owns the manager and shuts the kernel down when the notebook ends (a
+    manager handed in is left running: kernels would pile up, and outlive a Ctrl-C)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class Manager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            return await super().start_kernel(**kw, stderr=stderr)
+
+    return Manager
+
+
 def execute(name: str, root: Path, params: dict, log: Path | None = None) -> None:
     """Run one notebook through papermill, showing its cell progress and the kernel's
-    output (sdlib's own rollout, training and evaluation bars) as it runs, or writing
-    that output to ``log``."""
+    output as it runs, or writing them to ``log``. sdlib's bars go to the kernel's own
+    stderr (``sdlib.progress``), the same terminal or ``log``, and not into the executed
+    copy, whose cells keep one output per stream (``coalesce_streams``)."""
     import papermill as pm
 
-    os.environ["SDLIB_TEXT_PROGRESS"] = "1"  # the kernel inherits it: bars as text
+    os.environ[TEXT_PROGRESS] = "1"  # the kernel inherits it
     target = root / "notebooks" / f"{name}.ipynb"
     with contextlib.ExitStack() as stack:
         stream = sys.stdout if log is None else stack.enter_context(log.open("w"))
+        own = {} if log is None else {"kernel_manager_class": _kernel_manager_class(stream)}
         try:
             pm.execute_notebook(
                 str(NOTEBOOK_DIR / f"{name}.ipynb"),
                 str(target),
                 parameters=params,
-                kernel_name="python3",
+                kernel_name=KERNEL,
+                **own,
                 cwd=str(REPO_ROOT),
                 progress_bar=log is None,
                 stdout_file=stream,
                 stderr_file=sys.stderr if log is None else stream,
+                coalesce_streams=True,
             )
         except pm.PapermillExecutionError as err:
             raise NotebookFailed(
                 f"notebook {name} failed in cell {err.exec_count} ({err.ename}: {err.evalue}); "
                 f"executed copy with the traceback: {target}; parameters: {params}"
             ) from None
-
-
-def report_parts(folder: Path) -> tuple[str, list[tuple[str, pd.DataFrame]], list[Path]]:
-    """What a notebook's results folder holds: notes (markdown), tables, figures."""
-    notes = folder / "notes.md"
-    tables = [(c.stem, pd.read_csv(c, index_col=0)) for c in sorted(folder.glob("tables/*.csv"))]
-    return (
-        (notes.read_text() if notes.exists() else ""),
-        tables,
-        sorted(folder.glob("figures/*.png")),
-    )
-
-
-def write_report(root: Path, names: list[str]) -> tuple[Path, Path]:
-    """report.md (figures linked) and report.html (one self-contained file, figures
-    embedded, to mail or attach): the notes, tables and figures of the finished notebooks."""
-    md = [f"# sdlib report: {root.name}", ""]
-    html = [f"<h1>sdlib report: {escape(root.name)}</h1>"]
-    for name in names:
-        if not (root / name).exists():
-            continue
-        notes, tables, figures = report_parts(root / name)
-        md += [f"## {name}", "", notes]
-        html += [
-            f"<h2>{escape(name)}</h2>",
-            f"<pre class=notes>{escape(notes)}</pre>" if notes else "",
-        ]
-        for stem, frame in tables:
-            md += [f"**{stem}**", "", frame.round(3).to_markdown(), ""]
-            html += [f"<h3>{escape(stem)}</h3>", frame.to_html(float_format=lambda v: f"{v:.3f}")]
-        for png in figures:
-            md += [f"![{png.stem}]({png.relative_to(root)})", ""]
-            data = base64.b64encode(png.read_bytes()).decode()
-            html += [
-                f"<figure><img alt='{escape(png.stem)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{escape(png.stem)}</figcaption></figure>"
-            ]
-    md_path, html_path = root / "report.md", root / "report.html"
-    write_atomic(md_path, "\n".join(md))
-    write_atomic(html_path, HTML_PAGE.format(title=escape(root.name), body="\n".join(html)))
-    return md_path, html_path
-
-
-HTML_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>sdlib report: {title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; }}
-table {{ border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1.5rem; }}
-th, td {{ border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: right; }}
-img {{ max-width: 100%; }} pre.notes {{ white-space: pre-wrap; font-family: inherit; }}
-</style></head><body>
-{body}
-</body></html>
-"""

@@ -10,6 +10,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
 
 
+def repo_path(path: str | Path) -> Path:
+    """``path`` itself when absolute, else under the repository root: not under the working
+    directory, which for a notebook's kernel in JupyterLab is the notebook's own folder."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 def cache_dir() -> Path:
     """Converted model weights and other derived files (env ``SDLIB_CACHE``)."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdlib"

@@ -40,3 +40,45 @@ def test_efficiency_measure_against_a_hand_computed_run():
     never = efficiency(metrics, responses_per_step=4, reach=1.01)
     assert math.isnan(never["steps to reach"]) and math.isnan(never["tokens to reach"])
     assert efficiency(metrics, 4, 0.5)["steps to reach"] == 1  # reached at once
+
+
+def _run(rewards, lengths):
+    from types import SimpleNamespace
+
+    metrics = pd.DataFrame({"rollout/reward_mean": rewards, "rollout/len_tokens": lengths})
+    return SimpleNamespace(
+        metrics=metrics, config=SimpleNamespace(prompts_per_step=2, rollouts_per_prompt=2)
+    )
+
+
+def test_efficiency_notes_say_where_a_regime_starts_and_which_intervals_are_apart():
+    from sdlib.experiments.coverage import efficiency_notes, efficiency_row, efficiency_table
+
+    short = [_run([0.4, 0.95, 1.0], [20.0, 10.0, 10.0]) for _ in range(3)]
+    long = [_run([0.5, 0.6, 0.92 + 0.01 * i], [100.0, 100.0, 90.0]) for i in range(3)]
+    easy = [_run([0.95, 1.0, 1.0], [50.0, 50.0, 50.0]) for _ in range(3)]
+    table = efficiency_table(
+        {
+            ("SDPO", "|D|=1, 64 tokens"): efficiency_row(short, 0.9),
+            ("GRPO", "|D|=1, 64 tokens"): efficiency_row(long, 0.9),
+            ("SDPO", "|D|=8"): efficiency_row(easy, 0.9),
+        }
+    )
+    row = table.loc[("GRPO", "|D|=1, 64 tokens")]
+    assert row["start reward"] == pytest.approx(0.5)  # the untrained policy's first step
+    assert row["steps to reach"] == 3 and row["tokens to reach"] == (100 + 100 + 90) * 4
+    # the last half of the steps (steps 2 and 3), averaged over the seeds' 0.92, 0.93, 0.94
+    assert row["late reward"] == pytest.approx((0.6 + 0.93) / 2)
+    budget, easy_line = efficiency_notes(table, 0.9)
+    assert budget.startswith("|D|=1, 64 tokens: starts at reward 0.45 (below 0.9)")
+    # SDPO: 2 steps and 120 tokens in every seed, GRPO 3 steps and 1,160: apart
+    assert "their intervals of tokens to reach are apart (exceeds noise" in budget
+    assert easy_line.startswith("|D|=8: starts at reward 0.95 (already at or above 0.9)")
+    # one seed reaching it on a side: no interval there, so no comparison of them is made
+    lone = [_run([0.5, 0.6, 0.7], [100.0] * 3)] * 2 + [_run([0.5, 0.95, 1.0], [90.0] * 3)]
+    table = efficiency_table(
+        {("SDPO", "x"): efficiency_row(short, 0.9), ("GRPO", "x"): efficiency_row(lone, 0.9)}
+    )
+    (line,) = efficiency_notes(table, 0.9)
+    assert "GRPO 1/3 seeds reached 0.9 (one seed: after 2 steps and 720 generated tokens)" in line
+    assert "intervals of tokens to reach" not in line

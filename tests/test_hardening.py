@@ -276,15 +276,14 @@ def test_an_interrupt_is_one_line_saying_the_command_resumes(monkeypatch, capsys
     ],
 )
 def test_a_malformed_derived_preset_is_named(tmp_path, monkeypatch, spec, message):
-    from sdlib import runner
-    from sdlib.config import ConfigError
+    from sdlib import config
 
-    (tmp_path / "smoke").symlink_to(runner.PARAMS_DIR / "smoke")
+    (tmp_path / "smoke").symlink_to(config.PARAMS_DIR / "smoke")
     (tmp_path / "loop").mkdir()
     (tmp_path / "loop" / "_preset.yaml").write_text(spec)
-    monkeypatch.setattr(runner, "PARAMS_DIR", tmp_path)
-    with pytest.raises(ConfigError, match=message):
-        runner.preset_values("03_sdpo_vs_grpo", "loop")
+    monkeypatch.setattr(config, "PARAMS_DIR", tmp_path)
+    with pytest.raises(config.ConfigError, match=message):
+        config.preset_values("03_sdpo_vs_grpo", "loop")
 
 
 @pytest.mark.parametrize("argv, code, message", BAD, ids=[" ".join(b[0][:4]) for b in BAD])
@@ -567,3 +566,37 @@ def test_ctrl_c_on_parallel_notebooks_stops_their_kernels_before_the_lock_goes(t
         os.close(fd)
     assert after == released
     assert "interrupted" in proc.stderr.read().lower()
+
+
+def test_a_label_names_one_folder_directly_under_its_kind(tmp_path):
+    from sdlib.experiments import cache
+
+    got = cache.folder(tmp_path, "eval", "SDPO w/o thinking |D|=8", {"k": 1})
+    assert got.parent == tmp_path / "eval"  # not eval/SDPO w/
+    assert got.name == f"SDPO_w_o_thinking_D_=8-{cache.key({'k': 1})}"
+    # a folder a former label made is found by its key whatever it is named
+    old = tmp_path / "eval" / f"SDPO EMA 0.05-{cache.key({'k': 2})}"
+    old.mkdir(parents=True)
+    assert cache.folder(tmp_path, "eval", "SDPO EMA 0.05", {"k": 2}) == old
+
+
+def test_a_training_set_file_keys_its_run_by_content_not_by_path(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from sdlib.experiments import training
+
+    monkeypatch.setattr(training.trainers, "train", lambda tcfg: tcfg.out)
+    cfg = SimpleNamespace(
+        out=str(tmp_path), **{k: getattr(TrainConfig(), k) for k in training.SHARED}
+    )
+    data = tmp_path / "D_sg.jsonl"
+
+    def run_folder(path, text):
+        path.write_text(text)
+        return training.train(cfg, training.config(cfg, "sft", [str(path)])).run
+
+    first = run_folder(data, '{"id": "a"}\n')
+    assert run_folder(data, '{"id": "b"}\n') != first  # rewritten at the same path: a new run
+    moved = tmp_path / "moved" / "D_sg.jsonl"  # a run folder moved: the same set elsewhere
+    moved.parent.mkdir()
+    assert run_folder(moved, '{"id": "a"}\n') == first

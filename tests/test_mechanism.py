@@ -20,7 +20,7 @@ def _documents(name: str, n: int = 600) -> list[tuple[str, str]]:
     cfg = variant(name)
     parts = build.splits(cfg)
     train = [p for f in cfg.families for p in parts[f]["train"]]
-    drawn = corpus.documents(cfg.corpus(), train, train, n, random.Random(0))
+    drawn = corpus.documents(cfg.corpus(), train, n, random.Random(0))
     return [(kind, "".join(t for t, _ in doc)) for kind, doc in drawn]
 
 
@@ -69,6 +69,40 @@ def test_the_checking_teacher_verifies_after_a_full_trace_and_the_default_does_n
     assert len(traced) > 20
     assert all(r.startswith("<think>") and " check " in r for r in traced)
     assert not [r for full, r in default if full and r.startswith("<think>")]
+
+
+def test_an_unseen_family_appears_only_as_forward_facts():
+    cfg = variant("unseen")
+    mirror = build.splits(cfg)["mirror"]
+    docs = _documents("unseen", 3000)
+    text = "\n".join(t for _, t in docs)
+    # its forward facts are drilled: `check 3 + 2 = 5 , 5 * 7 = 35` (the product reversed)
+    assert re.search(r"check \d+ \+ \d+ = (\d+) , \1 \* \d+ =", text)
+    # but no problem of it is ever stated, in a chat, a context or a verdict drill
+    assert ": ( x +" not in text  # mirror states "find x : ( x + 2 ) * 7 = 35"
+    assert not [p for p in mirror["train"] + mirror["heldout"] if p.question in text]
+    # and "all" trains on the problem families only
+    from sdlib.datasets import load_problems
+
+    trained = load_problems("organism:all:train:100000:unseen").problems
+    assert trained and {p.source for p in trained} == {"affine", "bracket"}
+    assert load_problems("organism:mirror:heldout:5:unseen").problems[0].source == "mirror"
+
+
+def test_a_stated_unseen_family_appears_in_verdict_drills_only():
+    cfg = variant("unseen_stated")
+    parts = build.splits(cfg)
+    train = [p for f in cfg.families for p in parts[f]["train"]]
+    stated = parts["mirror"]["train"]
+    drawn = corpus.documents(cfg.corpus(), train, 3000, random.Random(0), stated)
+    texts = {kind: [] for kind in corpus.KINDS}
+    for kind, doc in drawn:
+        texts[kind].append("".join(t for t, _ in doc))
+    assert any(t.startswith("find x : ( x +") for t in texts["verdicts"])
+    chats = [t for kind in ("search", "confident", "recall", "context") for t in texts[kind]]
+    assert chats and not [t for t in chats if ": ( x +" in t]
+    held = {p.question for p in parts["mirror"]["heldout"]}
+    assert not [t for t in texts["verdicts"] if t.split(" : target")[0] in held]
 
 
 def test_variants_compose_and_take_the_models_scale():

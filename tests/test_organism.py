@@ -1,5 +1,6 @@
 """The model organism: its language, checker, tokenizer, corpus, build cache and gate."""
 
+import json
 import random
 
 import pytest
@@ -108,7 +109,7 @@ def test_tokenizer_round_trips_the_whole_smoke_corpus(smoke_corpus, tok):
     assert set(per_kind) == set(corpus.KINDS)
     assert tok.unk_token_id not in set(data.ids.tolist())
     rng = random.Random(1)
-    docs = [doc for _, doc in corpus.documents(cfg.corpus(), *_train(cfg), 300, rng)]
+    docs = [doc for _, doc in corpus.documents(cfg.corpus(), _train(cfg), 300, rng)]
     encoded = corpus.encode(tok, docs)
     for i, doc in enumerate(docs):
         text = "".join(piece for piece, _ in doc)
@@ -120,8 +121,7 @@ def test_tokenizer_round_trips_the_whole_smoke_corpus(smoke_corpus, tok):
 
 def _train(cfg):
     parts = splits(cfg)
-    train = [p for n in cfg.families for p in parts[n]["train"]]
-    return train, [p for n in cfg.families + cfg.ood_families for p in parts[n]["train"]]
+    return [p for n in cfg.families for p in parts[n]["train"]]
 
 
 def test_tokenizer_chat_template_and_hf_round_trip(tok, tmp_path):
@@ -347,3 +347,30 @@ def test_an_organism_that_lost_its_record_is_built_again_and_stale_temporaries_g
     assert build("organism:smoke", progress=False) == first
     assert read_premise(first)["build"]["weights_sha256"] == digest
     assert not abandoned.exists()
+
+
+def _family(gain: float, ci: tuple[float, float]) -> dict:
+    checks = {"verdict_accuracy": 0.9, "value_accuracy": 0.9}
+    return {"gain": gain, "gain_ci": list(ci), "search": 0.5, "direct": 0.5, "checks": checks}
+
+
+def test_an_unseen_family_must_show_search_paying_and_old_verdicts_are_derived_again(tmp_path):
+    from sdlib.organism import build as build_mod
+    from sdlib.organism import gate
+
+    cfg = variant("smoke", families=["affine"], ood_families=["mirror"], gate="require")
+    # a build judged under the first rule (no "rules"), which never looked at mirror
+    figures = {"families": {"affine": _family(0.7, (0.6, 0.8))}, "passed": True, "reasons": []}
+    figures["families"]["mirror"] = _family(0.1, (-0.05, 0.2))
+    premise = {"gate": figures, "build": {"weights_sha256": "0"}}
+    (tmp_path / "premise.json").write_text(json.dumps(premise))
+    got = build_mod._current_verdict(cfg, premise, tmp_path)["gate"]
+    assert got["passed"] is False and got["rules"] == gate.RULES
+    (reason,) = got["reasons"]
+    assert reason.startswith("mirror: search - direct = +0.100 [-0.050, +0.200]")
+    assert "an unseen family: needs >= +0.00" in reason
+    assert read_premise(tmp_path)["gate"]["passed"] is False  # written back
+    # search pays on mirror, if by less than the trained families' least gain: it passes
+    figures["families"]["mirror"] = _family(0.2, (0.1, 0.3))
+    assert gate.failures(figures, ["affine"], cfg.gate_spec(), ["mirror"]) == []
+    assert gate.failures(figures, ["affine", "mirror"], cfg.gate_spec()) != []

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from sdlib import config as cfgmod
@@ -95,16 +97,26 @@ def test_tables_and_figures_hold_finite_numbers(smoke_run, name):
 
 
 def test_report_gathers_every_notebook(smoke_run):
+    from sdlib.experiments.results import CAPTION
+    from sdlib.report import SECTIONS
+
     root, _ = smoke_run
     report = (root / "report.md").read_text()
     for name in NOTEBOOKS:
-        assert f"## {name}" in report
+        assert f"## {SECTIONS[name].title}" in report
     assert report.count("![") == sum(len(v) for v in FIGURES.values())
     assert report.count("exceeds noise") + report.count("within noise") > 0  # notes, in words
+    # every notebook opens its notes with findings, which open the report; every figure has
+    # a caption beside it
+    findings = report.split("## Contents")[0]
+    assert all(f"[{SECTIONS[name].title}](#{name})" in findings for name in NOTEBOOKS)
+    for name, figures in FIGURES.items():
+        assert all((root / name / "figures" / f"{f}{CAPTION}").exists() for f in figures)
     # one self-contained html file: every figure embedded, no link to a file beside it
     html = (root / "report.html").read_text()
     assert html.count("src='data:image/png;base64,") == report.count("![")
-    assert all(f"<h2>{name}</h2>" in html for name in NOTEBOOKS) and "figures/" not in html
+    assert all(f"<h2>{SECTIONS[name].title}</h2>" in html for name in NOTEBOOKS)
+    assert "figures/" not in html
 
 
 def test_rerun_resumes_finished_notebooks(smoke_run, capsys):
@@ -115,11 +127,21 @@ def test_rerun_resumes_finished_notebooks(smoke_run, capsys):
     assert time.perf_counter() - start < first / 4
 
 
+def test_running_some_notebooks_keeps_the_others_in_the_report_in_study_order(smoke_run):
+    from sdlib.report import SECTIONS
+
+    root, _ = smoke_run
+    run(["05", "03"], preset="smoke", out=str(root))
+    report = (root / "report.md").read_text()
+    places = [report.find(f"## {SECTIONS[name].title}") for name in NOTEBOOKS]
+    assert min(places) > 0 and places == sorted(places)
+
+
 def test_a_finished_notebook_reruns_when_its_parameters_change(smoke_run, capsys):
     root, _ = smoke_run
     run(["01"], preset="smoke", out=str(root), overrides={"samples": 3})
     out = capsys.readouterr().out
-    assert "parameters changed since it finished" in out and "skipped" not in out
+    assert "parameters changed since it finished" in out and "finished earlier, skipped" not in out
     record = json.loads((root / "notebooks" / "01_context_richness.done").read_text())
     assert record["params"]["samples"] == 3
     run(["01"], preset="smoke", out=str(root), overrides={"samples": 3})
@@ -133,9 +155,9 @@ def test_shared_runs_are_computed_once(smoke_run):
     assert len(sdpo) == len(set(sdpo))
     name = "04_fixed_vs_moving_teacher"
     seeds = cfgmod.from_dict(cfgmod.EXPERIMENTS[name], preset_values(name, "smoke")).seeds
-    # 03/04 shared, 04's EMA, 05's two sizes, 06's four organisms (smoke organisms, where
-    # 03 trains the random model, so nothing of 06 is shared here)
-    assert len(sdpo) == (1 + 1 + 2 + 4) * len(seeds)
+    # 03/04 shared, 04's EMA, 05's two sizes and its budget run, 06's four organisms (smoke
+    # organisms, where 03 trains the random model, so nothing of 06 is shared here)
+    assert len(sdpo) == (1 + 1 + 2 + 1 + 4) * len(seeds)
 
 
 def test_an_evaluation_is_found_by_what_it_computes_whatever_its_label(smoke_run):
@@ -146,17 +168,76 @@ def test_an_evaluation_is_found_by_what_it_computes_whatever_its_label(smoke_run
     assert not list((root / "eval").glob("SDPO fixed*"))
 
 
+BARS = ("steps:", "evaluate:", "generate:", "Loading weights", "it/s]")
+
+
+def run_cell_lines(path: Path) -> int:
+    """Lines the cell that calls ``<experiment>.run(cfg)`` shows: each line of its stream
+    outputs (a bar's every redraw, before), one for any other output."""
+    cells = json.loads(path.read_text())["cells"]
+    (cell,) = [c for c in cells if c["cell_type"] == "code" and ".run(cfg)" in "".join(c["source"])]
+    return sum(
+        "".join(o["text"]).replace("\r", "\n").count("\n") if o["output_type"] == "stream" else 1
+        for o in cell["outputs"]
+    )
+
+
+def kept_bars(path: Path) -> list[str]:
+    """Outputs of an executed notebook that hold a progress bar, as text or as a widget."""
+    outputs = [o for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])]
+    shown = [json.dumps(o) for o in outputs]
+    return [o for o in shown if any(b in o for b in BARS) or "widget-view" in o]
+
+
+# run cells of smoke notebooks held 16-22 lines of bars, organism ones 55-364 outputs
+MOST_RUN_CELL_LINES = 10
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_executed_notebooks_keep_no_progress_bars(smoke_run, name):
+    root, _ = smoke_run
+    executed = root / "notebooks" / f"{name}.ipynb"
+    assert kept_bars(executed) == []
+    assert run_cell_lines(executed) < MOST_RUN_CELL_LINES
+    assert json.loads(executed.read_text())["metadata"]["kernelspec"]["name"] == "sdlib"
+
+
+def test_a_resumed_notebook_says_what_it_found_instead_of_empty_bars(smoke_run, tmp_path, capfd):
+    root, _ = smoke_run
+    copy = tmp_path / "moved"  # resumed elsewhere: the shared folder stays as the others read it
+    shutil.copytree(root, copy)
+    (copy / "notebooks" / "03_sdpo_vs_grpo.done").unlink()
+    capfd.readouterr()
+    run(["03"], preset="smoke", out=str(copy))
+    terminal = capfd.readouterr().err  # the kernel's own stderr: this process's
+    found = [x for x in terminal.replace("\r", "\n").splitlines() if " found " in x]
+    assert any(x.startswith("evaluate: ") for x in found)
+    assert any(x.startswith(("grpo: ", "sdpo: ")) for x in found)
+    assert "0/0" not in terminal and "evaluate: 0" not in terminal  # no bar with nothing to do
+    executed = copy / "notebooks" / "03_sdpo_vs_grpo.ipynb"
+    assert kept_bars(executed) == [] and run_cell_lines(executed) < MOST_RUN_CELL_LINES
+
+
 def test_notebooks_run_two_at_once_and_share_their_runs(tmp_path, capsys):
     root = run(["03", "04"], preset="smoke", out=str(tmp_path), jobs=2)
     out = capsys.readouterr().out
     for name in ("03_sdpo_vs_grpo", "04_fixed_vs_moving_teacher"):
         assert (root / "notebooks" / f"{name}.done").exists()
         assert f"{name}: running (output in {root / 'notebooks' / name}.log)" in out
-        assert (root / "notebooks" / f"{name}.log").stat().st_size > 0  # the kernel's output
+        log = (root / "notebooks" / f"{name}.log").read_text()
+        assert "steps:" in log or "evaluate:" in log  # the kernel's bars: in its log only
+        assert kept_bars(root / "notebooks" / f"{name}.ipynb") == []
     # 04's fixed-teacher runs are 03's SDPO runs, trained once though both asked at once
     name = "04_fixed_vs_moving_teacher"
     seeds = len(cfgmod.from_dict(cfgmod.EXPERIMENTS[name], preset_values(name, "smoke")).seeds)
     assert len(list((root / "train").glob("sdpo-*"))) == 2 * seeds
+    # each notebook's kernel ended with its notebook: none is left running
+    kernels = [
+        c
+        for c in psutil.Process().children(recursive=True)
+        if "ipykernel_launcher" in " ".join(c.cmdline())
+    ]
+    assert kernels == []
     with pytest.raises(cfgmod.ConfigError, match="jobs = 0"):
         run(["03"], preset="smoke", out=str(tmp_path), jobs=0)
 
@@ -293,6 +374,11 @@ def test_plan_counts_what_a_run_samples_and_trains(capsys):
     assert row["generated tokens"] == row["rollouts"] * 8  # every response at its cap
     assert row["trained tokens"] == 2 * 2 * 2 * 4 * 8
     assert "GPU-hours" in capsys.readouterr().out
+    # smoke 05: sizes 1 and 4 for both algos, then |D| = 1 again under a 4-token budget, whose
+    # final adapter alone is evaluated; 1 seed
+    row = plan(["05"], preset="smoke").loc["05_task_coverage"]
+    full, cut = 2 * 2 * 4 * 8, 2 * 2 * 4 * 4
+    assert row["generated tokens"] == 6 * 8 + 2 * 2 * (full + 6 * 8) + 2 * (cut + 6 * 8)
 
 
 def test_a_run_says_where_its_time_went(smoke_run):

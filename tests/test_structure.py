@@ -23,7 +23,7 @@ LAYERS = [
     ("sdlib.evaluate", "sdlib.plots"),
     ("sdlib.train",),
     ("sdlib.experiments",),
-    ("sdlib.plan", "sdlib.runner", "sdlib.cli"),
+    ("sdlib.plan", "sdlib.report", "sdlib.runner", "sdlib.cli"),
 ]  # fmt: skip
 
 

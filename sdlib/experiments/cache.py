@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from sdlib.runfolder import file_digest
@@ -27,7 +28,9 @@ def folder(root: str | Path, kind: str, label: str, value) -> Path:
     key, that folder: the label only names the work, the key decides it (notebook 05's
     ``SDPO |D|=1200`` evaluations are notebook 03's ``SDPO`` ones)."""
     digest = key(value)
-    mine = Path(root) / kind / f"{label}-{digest}"
+    # a label is a name for people ("SDPO w/o thinking"): one path component of safe characters
+    name = re.sub(r"[^\w.=+-]+", "_", label)
+    mine = Path(root) / kind / f"{name}-{digest}"
     if mine.exists():
         return mine
     return next(iter(sorted(mine.parent.glob(f"*-{digest}"))), mine)

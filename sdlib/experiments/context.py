@@ -38,6 +38,11 @@ from sdlib.rollout import Sampling
 
 NAME = "01_context_richness"
 CONDITIONS = ("unguided", "full solution", "solution w/o thinking", "regeneration")
+CAPTIONS = {
+    "conditions": "Accuracy, response length and epistemic words per response under each "
+    "context, with 95% intervals, on the same problems and seeds. The richer the context, "
+    "the shorter and less hedged the answers: compare each bar with the unguided one.",
+}
 
 
 class NoProblemsInBand(RuntimeError):
@@ -109,14 +114,32 @@ def run(cfg: ContextConfig) -> Results:
     runs = {c: pd.concat([r[c] for r in per_seed], ignore_index=True) for c in CONDITIONS}
     table = res.table("table1", tables.conditions(runs, base="unguided"))
     subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
-    res.figure("conditions", plots.condition_bars(table, subtitle))
+    res.figure("conditions", plots.condition_bars(table, subtitle), CAPTIONS["conditions"])
     sizes = write_sft_sets(res.folder, problems, runs, cfg.sft_correct_only)
     screened = stats.estimate(stats.cube(screen, "correct")).columns("screen_accuracy")
     selection = {"candidates": len(pool), "selected": len(problems), **screened, **sizes}
     res.table("selection", pd.DataFrame([selection], index=pd.Index(["screening"], name="stage")))
     lines = [f"- {line}" for line in tables.notes(table)]
-    res.notes(["Each context against the unguided condition (same problems and seeds):", *lines])
+    res.notes(
+        ["Each context against the unguided condition (same problems and seeds):", *lines],
+        findings=findings(res.tables),
+    )
     return res
+
+
+def findings(found: dict) -> list[str]:
+    """The headline of notebook 01, from its tables: the full solution in context minus no
+    context, in accuracy and in epistemic words."""
+    full = tables.rows(found["table1"], "full solution")
+    lines = [
+        tables.finding("Full solution in context minus no context, accuracy", full, "Δaccuracy"),
+        tables.finding(
+            "Full solution in context minus no context, epistemic words per response",
+            full,
+            "Δepistemic",
+        ),
+    ]
+    return [line for line in lines if line]
 
 
 def write_sft_sets(folder: Path, problems, runs, correct_only=True) -> dict[str, int]:

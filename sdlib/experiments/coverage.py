@@ -30,6 +30,18 @@ from sdlib.experiments.results import Results, timed
 from sdlib.problems import save_jsonl
 
 NAME = "05_task_coverage"
+CAPTIONS = {
+    "coverage": "Against the number of distinct training problems |D|: in-domain training "
+    "reward, held-out accuracy and response length of the final adapters (95% intervals; "
+    "the dashed line and band: the base model). The study: SDPO's held-out accuracy falls "
+    "below the base model's as |D| grows while GRPO's does not.",
+    "curves": "Training reward and response length per step for each |D| (mean over seeds, "
+    "95% bands): where a run climbs fast on few problems while its answers shorten, it is "
+    "fitting them, not learning to check.",
+    "ood_over_training": "Held-out accuracy and length of each run's saved checkpoints, step "
+    "0 being the base model (mean over seeds, 95% bands): look for the runs whose curves "
+    "fall below step 0.",
+}
 
 
 def training_sets(cfg: CoverageConfig, folder: Path) -> dict[int, str]:
@@ -79,8 +91,9 @@ def efficiency(metrics: pd.DataFrame, responses_per_step: int, reach: float) -> 
 
 def efficiency_row(trained, reach: float) -> dict:
     """``efficiency`` of each seed's run, across seeds: how many seeds reached ``reach``, the
-    mean (95% interval over those seeds) of their steps and tokens to reach it, and
-    correct responses per 1k tokens over every seed."""
+    mean (95% interval over those seeds) of their steps and tokens to reach it, correct
+    responses per 1k tokens over every seed, the untrained policy's reward (``start
+    reward``: the first step's) and ``train_score`` (``late reward``)."""
     per_seed = [
         efficiency(t.metrics, t.config.prompts_per_step * t.config.rollouts_per_prompt, reach)
         for t in trained
@@ -90,9 +103,13 @@ def efficiency_row(trained, reach: float) -> dict:
     for key in ("steps to reach", "tokens to reach"):
         values = [e[key] for e in reached]
         row |= stats.across_seeds(values).columns(key) if values else {key: math.nan}
-    return row | stats.across_seeds([e["correct per 1k tokens"] for e in per_seed]).columns(
+    row |= stats.across_seeds([e["correct per 1k tokens"] for e in per_seed]).columns(
         "correct per 1k tokens"
     )
+    # the first step's rollouts come from the untrained policy: how far from ``reach`` it starts
+    first = [float(t.metrics["rollout/reward_mean"].iloc[0]) for t in trained]
+    row |= stats.across_seeds(first).columns("start reward")
+    return row | train_score(trained).columns("late reward")
 
 
 @timed
@@ -112,13 +129,22 @@ def run(cfg: CoverageConfig) -> Results:
             steps.update(points := checkpoint_evals(cfg, label, trained, benchmarks, base))
             evals[label], metrics[label] = points[max(points)], [t.metrics for t in trained]
             scores[(algo.upper(), size)] = train_score(trained)
-            spent[(algo.upper(), size)] = efficiency_row(trained, cfg.reach)
+            spent[(algo.upper(), f"|D|={size}")] = efficiency_row(trained, cfg.reach)
+        for size in cfg.budget_sizes if cfg.budget else []:
+            regime = f"|D|={size}, {cfg.budget} tokens"
+            cut = {"max_new_tokens": cfg.budget}
+            trained = training.train_seeds(
+                cfg, training.configs(cfg, algo, [sets[size]], cfg.train, extra, cut)
+            )
+            label = f"{algo.upper()} {regime}"
+            evals[label] = evaluate_seeds(cfg, label, benchmarks, [t.weights for t in trained])
+            spent[(algo.upper(), regime)] = efficiency_row(trained, cfg.reach)
     subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
     ood = res.table("ood", tables.by_benchmark(evals))
     first = next(iter(benchmarks))  # the figure's evaluation set (the study reads AIME24)
     table = res.table("coverage", coverage_table(ood, scores, first))
     figure = plots.coverage_lines(table, ood.loc[[("base", first)]], f"{subtitle} · OOD {first}")
-    res.figure("coverage", figure)
+    res.figure("coverage", figure, CAPTIONS["coverage"])
     curves = res.table(
         "training_curves", tables.curves(metrics, ["rollout/reward_mean", "rollout/len_tokens"])
     )
@@ -130,6 +156,7 @@ def run(cfg: CoverageConfig) -> Results:
             subtitle,
             "Training curves per |D|",
         ),
+        CAPTIONS["curves"],
     )
     over = res.table("ood_over_training", tables.over_steps(steps))
     res.figure(
@@ -140,6 +167,7 @@ def run(cfg: CoverageConfig) -> Results:
             subtitle,
             "Out-of-distribution evaluation of the checkpoints",
         ),
+        CAPTIONS["ood_over_training"],
     )
     table = res.table("efficiency", efficiency_table(spent))
     lines = [f"- {line}" for line in tables.notes(ood)]
@@ -149,11 +177,33 @@ def run(cfg: CoverageConfig) -> Results:
     if narrow is not None:
         res.table("narrow", narrow)
         lines += [
+            "",
             "Narrow-coverage runs, in domain and out of it, against the base model:",
             *(f"- {line}" for line in tables.notes(narrow)),
         ]
-    res.notes(["Final adapters against the base model, per evaluation set:", *lines])
+    res.notes(
+        ["Final adapters against the base model, per evaluation set:", *lines],
+        findings=findings(res.tables),
+    )
     return res
+
+
+def findings(found: dict) -> list[str]:
+    """The headline of notebook 05, from its tables: each algorithm's final adapter minus
+    the base model in held-out accuracy at every |D|, on the first evaluation set."""
+    ood, sizes = found["ood"], found["coverage"].index
+    first = ood.index.get_level_values("benchmark")[0]
+    lines = []
+    for algo in sizes.unique(0):
+        labelled = {
+            f"|D|={size}": ood.loc[(f"{algo} |D|={size}", first)]
+            for size in sizes[sizes.get_level_values(0) == algo].get_level_values(1)
+            if (f"{algo} |D|={size}", first) in ood.index
+        }
+        shown = tables.markdown_text(first)  # a problem set's name: data
+        what = f"{algo} minus the base model by |D|, held-out accuracy on {shown}"
+        lines.append(tables.finding(what, labelled, "Δaccuracy"))
+    return [line for line in lines if line]
 
 
 def narrow_rows(cfg: CoverageConfig, benchmarks: dict, base) -> pd.DataFrame:
@@ -192,8 +242,9 @@ def coverage_table(ood: pd.DataFrame, scores: dict, benchmark: str) -> pd.DataFr
 
 
 def efficiency_table(spent: dict) -> pd.DataFrame:
-    """Rows (algo, size): ``efficiency_row`` of each run."""
-    return pd.DataFrame.from_dict(spent, orient="index").rename_axis(["algo", "size"])
+    """Rows (algo, regime: ``|D|=8``, or ``|D|=8, 128 tokens`` under a budget):
+    ``efficiency_row`` of each algorithm's runs."""
+    return pd.DataFrame.from_dict(spent, orient="index").rename_axis(["algo", "regime"])
 
 
 def _span(row, key: str, digits: int = 0) -> str:
@@ -203,29 +254,43 @@ def _span(row, key: str, digits: int = 0) -> str:
 
 
 def efficiency_notes(table: pd.DataFrame, reach: float) -> list[str]:
-    """One sentence per size: each algorithm's seeds reaching ``reach``, its steps and
-    tokens to get there, its correct responses per 1k tokens, and whether the algorithms'
-    intervals of the last are apart (across seeds: no pairing of runs)."""
+    """One sentence per regime: where its runs start (the untrained policy's first-step
+    reward: a regime that starts at ``reach`` cannot show who gets there sooner), each
+    algorithm's seeds reaching ``reach`` with their steps and tokens to get there, its
+    correct responses per 1k tokens and its reward over the last half of the steps, and
+    which of the two algorithms' intervals are apart (across seeds: runs are not paired)."""
     lines = []
-    for size, part in table.groupby(level="size", sort=True):
-        said = []
+    for regime, part in table.groupby(level="regime", sort=False):
+        start = part["start reward"].mean()
+        room = "below" if start < reach else "already at or above"
+        said = [f"starts at reward {start:.2f} ({room} {reach})"]
         for (algo, _), row in part.iterrows():
             seeds = f"{int(row['seeds reached'])}/{int(row['seeds'])} seeds reached {reach}"
-            if row["seeds reached"]:
+            if row["seeds reached"] == 1:  # one value: no interval to give
+                seeds += (
+                    f" (one seed: after {row['steps to reach']:.0f} steps and "
+                    f"{row['tokens to reach']:,.0f} generated tokens)"
+                )
+            elif row["seeds reached"]:
                 seeds += (
                     f" after {_span(row, 'steps to reach', 1)} steps and "
                     f"{_span(row, 'tokens to reach')} generated tokens"
                 )
             said.append(
-                f"{algo} {seeds}; {_span(row, 'correct per 1k tokens', 2)} correct per 1k tokens"
+                f"{algo} {seeds}; {_span(row, 'correct per 1k tokens', 2)} correct per 1k "
+                f"tokens; reward {_span(row, 'late reward', 2)} over the last half of the steps"
             )
         if len(part) == 2:
             a, b = part.iloc[0], part.iloc[1]
-            apart = (
-                a["correct per 1k tokens_lo"] > b["correct per 1k tokens_hi"]
-                or b["correct per 1k tokens_lo"] > a["correct per 1k tokens_hi"]
-            )
-            verdict = "are apart (exceeds" if apart else "overlap (within"
-            said.append(f"their correct-per-token intervals {verdict} noise across seeds)")
-        lines.append(f"|D| = {size}: " + "; ".join(said) + ".")
+            compared = ["correct per 1k tokens", "late reward"]
+            if min(a["seeds reached"], b["seeds reached"]) >= 2:  # an interval on each side
+                compared.insert(0, "tokens to reach")
+            for key in compared:
+                verdict = "are apart (exceeds" if _apart(a, b, key) else "overlap (within"
+                said.append(f"their intervals of {key} {verdict} noise across seeds)")
+        lines.append(f"{regime}: " + "; ".join(said) + ".")
     return lines
+
+
+def _apart(a, b, key: str) -> bool:
+    return bool(a[f"{key}_lo"] > b[f"{key}_hi"] or b[f"{key}_lo"] > a[f"{key}_hi"])

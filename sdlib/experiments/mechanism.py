@@ -40,6 +40,12 @@ from sdlib.organism.config import variant_spec
 NAME = "06_mechanism"
 MEASURES = {"accuracy": "correct", "length": "len_tokens", "epistemic": "epi_total"}
 POOLED = "held-out, all families"
+CAPTIONS = {
+    "effects": "SDPO minus GRPO on each organism (final adapters, held-out problems of every "
+    "family pooled, 95% intervals), one panel per measure, the default organism first. "
+    "Where an organism's bar crosses 0 the effect is gone: compare which link removed takes "
+    "the accuracy cost with it.",
+}
 
 # variant -> [(what, measure, table, expected)]: "falls" (the interval lies below 0), "holds"
 # (it does not: no loss beyond noise), "smaller" (the variant's SDPO - GRPO lies above the
@@ -204,7 +210,8 @@ def run(cfg: MechanismConfig) -> Results:
     versus = res.table("versus_default", versus_default(finals))
     judged = res.table("verdicts", verdicts(effect, versus, cfg.variants))
     subtitle = f"{cfg.model} and variants · preset {cfg.preset} · seeds {cfg.seeds}"
-    res.figure("effects", plots.effect_panels(effect.xs(POOLED, level="benchmark"), subtitle))
+    figure = plots.effect_panels(effect.xs(POOLED, level="benchmark"), subtitle)
+    res.figure("effects", figure, CAPTIONS["effects"])
     lines = ["SDPO minus GRPO on each organism, held-out problems of every family pooled:"]
     for name in organisms:
         for m in MEASURES:
@@ -216,5 +223,28 @@ def run(cfg: MechanismConfig) -> Results:
             f"- {variant}: {what} — {row['verdict']} ({row['measured']} "
             f"{row['value']:+.3f} [{row['value_lo']:+.3f}, {row['value_hi']:+.3f}])"
         )
-    res.notes(lines)
+    res.notes(lines, findings=findings(res.tables))
     return res
+
+
+def findings(found: dict) -> list[str]:
+    """The headline of notebook 06, from its tables: SDPO minus GRPO in held-out accuracy
+    on each organism, and how the account's predictions fared."""
+    effect = found["effects"]
+    pooled_rows = {
+        organism: effect.loc[(organism, POOLED)]
+        for organism in effect.index.unique(0)
+        if (organism, POOLED) in effect.index
+    }
+    what = "SDPO minus GRPO by organism, held-out accuracy (families pooled)"
+    lines = [tables.finding(what, pooled_rows, "Δaccuracy")]
+    judged = found["verdicts"].get("verdict", pd.Series(dtype=str)).astype(str)
+    said = judged.str.split(" ").str[0].value_counts()
+    if len(said):
+        words = {"agrees": "agree", "disagrees": "disagree", "undecided": "undecided"}
+        counts = ", ".join(f"{said.get(k, 0)} {w}" for k, w in words.items())
+        lines.append(
+            f"The account's {int(said.sum())} predictions for the variants, each judged by "
+            f"its interval: {counts}."
+        )
+    return [line for line in lines if line]

@@ -33,6 +33,15 @@ from sdlib.prompts import THINK_OPEN
 
 NAME = "00_model_organism"
 PREFILLS = {"free": "", "search": THINK_OPEN, "direct": "x ="}
+CAPTIONS = {
+    "premise": "Held-out accuracy when a reply is left free, opened as a search (a thinking "
+    "block that checks each guess) or opened as a direct answer, with 95% intervals. The "
+    "premise holds when the search bars stand clearly above the direct ones.",
+    "length": "Response length (tokens) by how a reply starts, with 95% intervals: searching "
+    "costs tokens, a direct answer almost none.",
+    "epistemic": "Epistemic words per response by how a reply starts, with 95% intervals: "
+    "the organism hedges while it searches, so the words mark the checking mode.",
+}
 
 
 def build_table(premise: dict) -> pd.DataFrame:
@@ -62,7 +71,7 @@ def examples(spec: str, per_kind: int) -> list[str]:
     cfg = from_spec(spec)
     parts = build.splits(cfg)
     train = [p for n in cfg.families for p in parts[n]["train"]]
-    drawn = corpus.documents(cfg.corpus(), train, train, 400, random.Random(0))
+    drawn = corpus.documents(cfg.corpus(), train, 400, random.Random(0))
     lines, shown = [], {}
     for kind, doc in drawn:
         if shown.get(kind, 0) < per_kind:
@@ -105,13 +114,14 @@ def run(cfg: OrganismExperimentConfig) -> Results:
     first = "search" if "search" in evals else cfg.modes[0]
     res.table("checks", checks_table(evals[first], by_id))
     subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
-    res.figure(
-        "premise", plots.accuracy_bars(modes, subtitle, "Held-out accuracy by how a reply starts")
-    )
-    res.figure("length", plots.accuracy_bars(modes, subtitle, "Response length", col="length"))
-    res.figure(
-        "epistemic", plots.accuracy_bars(modes, subtitle, "Epistemic words", col="epistemic")
-    )
+    titles = {
+        "premise": ("Held-out accuracy by how a reply starts", "accuracy"),
+        "length": ("Response length", "length"),
+        "epistemic": ("Epistemic words", "epistemic"),
+    }
+    for name, (title, col) in titles.items():
+        figure = plots.accuracy_bars(modes, subtitle, title, col=col)
+        res.figure(name, figure, CAPTIONS[name])
     gate = premise["gate"]
     verdict = {True: "passed", None: "was skipped (a smoke build: its figures mean nothing)"}.get(
         gate.get("passed"), f"did not pass: {gate.get('reasons')}"
@@ -125,6 +135,23 @@ def run(cfg: OrganismExperimentConfig) -> Results:
             "One corpus document of each kind:",
             "",
             *examples(cfg.model, cfg.examples),
-        ]
+        ],
+        findings=findings(res.tables),
     )
     return res
+
+
+def findings(found: dict) -> list[str]:
+    """The headline of notebook 00, from its tables: a search's held-out accuracy minus a
+    direct answer's (the premise), and whether the build's own gate passed."""
+    premise = found["premise"]
+    modes = [m for m in premise.index.unique(0) if m != "direct"]
+    lines = []
+    if modes:
+        mode = "search" if "search" in modes else modes[0]
+        what = f"Replies opened as a {mode} minus direct answers, held-out accuracy"
+        lines.append(tables.finding(what, tables.rows(premise, mode), "Δaccuracy"))
+    passed = found["build"]["gate passed"].iloc[0] if "build" in found else None
+    gate = {True: "passed", False: "did not pass"}.get(passed, "was skipped (a smoke build)")
+    lines.append(f"The build's premise gate {gate}.")
+    return [line for line in lines if line]

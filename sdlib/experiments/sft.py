@@ -24,6 +24,14 @@ from sdlib.experiments.evaluation import evaluate_seeds
 from sdlib.experiments.results import Results, timed
 
 NAME = "02_sft_guided_vs_unguided"
+CAPTIONS = {
+    "accuracy": "Held-out accuracy of the base model and of SFT on each set, per evaluation "
+    "set, with 95% intervals. The study's finding: SFT on the guided responses (D_sg, short "
+    "and confident) lowers accuracy where SFT on the unguided ones (D_ug) does not.",
+    "sft_loss": "SFT training loss per step (mean over seeds, 95% band). Both runs should "
+    "fit their data; a gap in held-out accuracy then comes from what the data teaches, not "
+    "from one run failing to train.",
+}
 
 
 def sft_sets(cfg: SFTExperimentConfig) -> dict[str, Path]:
@@ -80,19 +88,40 @@ def run(cfg: SFTExperimentConfig) -> Results:
     )
     res.table("sft_data", data_table(dict(zip(runs, data.values(), strict=True)), trained))
     subtitle = f"{cfg.model} · preset {cfg.preset} · seeds {cfg.seeds}"
-    res.figure("accuracy", plots.accuracy_bars(table, subtitle, "SFT on guided vs unguided"))
+    res.figure(
+        "accuracy",
+        plots.accuracy_bars(table, subtitle, "SFT on guided vs unguided"),
+        CAPTIONS["accuracy"],
+    )
     losses = tables.curves(
         {k: [t.metrics for t in ts] for k, ts in trained.items()}, ["train/loss"]
     )
     res.figure(
-        "sft_loss", plots.training_curves(losses, ["train/loss"], subtitle, "SFT training loss")
+        "sft_loss",
+        plots.training_curves(losses, ["train/loss"], subtitle, "SFT training loss"),
+        CAPTIONS["sft_loss"],
     )
     res.notes(
         [
             "SFT on D_sg against SFT on D_ug (same problems, same steps):",
             *(f"- {line}" for line in tables.notes(guided)),
+            "",
             "Each against the base model:",
             *(f"- {line}" for line in tables.notes(table)),
-        ]
+        ],
+        findings=findings(res.tables),
     )
     return res
+
+
+def findings(found: dict) -> list[str]:
+    """The headline of notebook 02, from its tables: SFT on D_sg minus SFT on D_ug, held
+    out, in accuracy and in epistemic words."""
+    guided = tables.rows(found["guided_vs_unguided"], "SFT on D_sg")
+    lines = [
+        tables.finding("SFT on D_sg minus SFT on D_ug, held-out accuracy", guided, "Δaccuracy"),
+        tables.finding(
+            "SFT on D_sg minus SFT on D_ug, epistemic words per response", guided, "Δepistemic"
+        ),
+    ]
+    return [line for line in lines if line]

@@ -2,9 +2,10 @@
 
 Inputs are samples tables: one row per sample with ``seed``, ``benchmark``, ``problem_id``,
 ``sample`` and the measures (``correct``, ``len_tokens``, ``epi_total``, ...). Every function
-returns numeric columns ``m``, ``m_lo``, ``m_hi`` (``stats.pretty`` shows them as
+returns numeric columns ``m``, ``m_lo``, ``m_hi`` (``results.compact`` shows them as
 ``v [lo, hi]``) and the sample sizes; comparisons are paired differences over the problems
-and samples two runs share, and ``notes`` says in words which of them exceed noise.
+and samples two runs share, ``notes`` says in words which of them exceed noise, and
+``finding`` words an experiment's headline differences (its notes' findings).
 """
 
 from __future__ import annotations
@@ -181,3 +182,71 @@ def word_counts(texts: pd.Series) -> pd.Series:
     """Mean count per response of each lowercase word (letters only) in ``texts``."""
     words = texts.str.lower().str.findall(r"[a-z]+")
     return words.explode().value_counts() / max(len(texts), 1)
+
+
+NOUNS = {"accuracy": "accuracy", "length": "length (tokens)", "epistemic": "epistemic words"}
+
+
+def rows(table: pd.DataFrame, label) -> dict[str, pd.Series]:
+    """The rows of ``label`` by what tells them apart: one per benchmark of a (model,
+    benchmark) table, ``{"": row}`` for a table with one index level."""
+    if table.index.nlevels == 1:
+        return {"": table.loc[label]} if label in table.index else {}
+    if label not in table.index.get_level_values(0):
+        return {}
+    part = table.xs(label, level=0)
+    return {
+        " / ".join(map(str, k)) if isinstance(k, tuple) else str(k): r for k, r in part.iterrows()
+    }
+
+
+def finding(what: str, labelled: dict[str, pd.Series], column: str) -> str:
+    """One line of an experiment's findings: ``what``, then each row's ``column`` with its
+    95% interval (the row's label in brackets), whether it exceeds noise, and the sizes:
+
+        SDPO minus GRPO, held-out accuracy: -0.527 [-0.650, -0.400] (affine), -0.580
+        [-0.693, -0.460] (bracket); each exceeds noise (the intervals exclude 0; 50
+        problems, 300 samples, 3 seeds each).
+
+    Where the verdicts differ each value carries its own. Rows without a value are left
+    out; "" when none is left. Labels are data: escaped."""
+    ests = {}
+    for label, row in labelled.items():
+        if pd.notna(row.get(column)):
+            sizes = (int(row[k]) for k in SIZES)
+            ests[label] = stats.Estimate(
+                row[column], row[f"{column}_lo"], row[f"{column}_hi"], *sizes
+            )
+    if not ests:
+        return ""
+    mixed = len({e.excludes(0) for e in ests.values()}) > 1
+    same = len({(e.problems, e.samples, e.seeds) for e in ests.values()}) == 1
+    items = []
+    for label, est in ests.items():
+        said = [markdown_text(label)] if label else []
+        said += [_verdict(est)] if mixed else []
+        said += [] if same else [_sizes(est)]
+        shown = f"{_signed(est.value)} [{_signed(est.low)}, {_signed(est.high)}]"
+        items.append(shown + (f" ({', '.join(said)})" if said else ""))
+    many, est = len(ests) > 1, next(iter(ests.values()))
+    tail = (_sizes(est) + (" each" if many else "")) if same else ""
+    if not mixed:  # one verdict for all
+        why = ""
+        if est.excludes(0):
+            why = "the intervals exclude 0" if many else "the interval excludes 0"
+        inside = "; ".join(x for x in (why, tail) if x)
+        tail = ("each " if many else "") + _verdict(est) + (f" ({inside})" if inside else "")
+    return f"{what}: {', '.join(items)}" + (f"; {tail}" if tail else "") + "."
+
+
+def _verdict(est: stats.Estimate) -> str:
+    return "exceeds noise" if est.excludes(0) else "within noise"
+
+
+def _sizes(est: stats.Estimate) -> str:
+    seeds = f"{est.seeds} seed" + ("s" if est.seeds != 1 else "")
+    return f"{est.problems} problems, {est.samples} samples, {seeds}"
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.3f}" if abs(v) < 10 else f"{v:+.1f}"

@@ -13,7 +13,7 @@ import sdlib.train as trainers
 from sdlib.config import TrainConfig, from_dict
 from sdlib.experiments import cache
 from sdlib.grading import VERSION as GRADING
-from sdlib.runfolder import RunFolder, verify, weights_folder
+from sdlib.runfolder import RunFolder, file_digest, verify, weights_folder
 from sdlib.train.core import resolve_finetune
 from sdlib.train.loop import METRICS_FILE, finished
 
@@ -86,11 +86,20 @@ def train(cfg, tcfg: TrainConfig) -> Trained:
     (``finetune: auto`` resolved first, so the key names what runs)."""
     tcfg = resolve_finetune(tcfg)
     keyed = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in UNKEYED}
+    keyed["data"] = [data_key(d) for d in tcfg.data]
     out = cache.folder(
         cfg.out, "train", tcfg.algo, {"revision": trainers.REVISION, "grading": GRADING, **keyed}
     )
     tcfg = dataclasses.replace(tcfg, out=str(out))
     return Trained(trainers.train(tcfg), tcfg)
+
+
+def data_key(spec: str):
+    """What a training set contributes to its run's key: a file by its content (another
+    notebook may write it again, differently, at the same path; a moved run folder keeps its
+    runs), anything else by its spec."""
+    path = Path(spec)
+    return {"file": file_digest(path)} if path.is_file() else spec
 
 
 def train_seeds(cfg, tcfgs: list[TrainConfig]) -> list[Trained]:

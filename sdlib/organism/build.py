@@ -79,7 +79,7 @@ def build(config: OrganismConfig | str = "organism", progress: bool = True) -> P
             tmp.rename(target)
         except OSError:  # another process finished first; its build is the same config
             shutil.rmtree(tmp, ignore_errors=True)
-    premise = read_premise(target)
+    premise = _current_verdict(cfg, read_premise(target), target)
     _check_weights(target, premise["build"]["weights_sha256"])
     passed = premise["gate"]["passed"]
     if passed not in (True, False, None):
@@ -90,6 +90,26 @@ def build(config: OrganismConfig | str = "organism", progress: bool = True) -> P
     if cfg.gate == "require" and passed is not True:
         raise PremiseError(refusal(cfg, premise, target))
     return target
+
+
+def _current_verdict(cfg: OrganismConfig, premise: dict, folder: Path) -> dict:
+    """The premise with its gate verdict derived again from its stored figures when the
+    pass rule changed since the build (``gate.RULES``), and written back."""
+    figures = premise["gate"]
+    if figures.get("skipped") or figures.get("rules") == gate.RULES:
+        return premise
+    try:
+        figures |= gate.verdict(figures, cfg.families, cfg.ood_families, cfg.gate_spec())
+    except (KeyError, TypeError, IndexError) as err:
+        raise OrganismDamaged(
+            f"{folder / 'premise.json'}: its gate figures lack {err}; delete {folder} to build "
+            "it again"
+        ) from None
+    tmp = folder / f"premise.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(premise, indent=1) + "\n")
+    tmp.replace(folder / "premise.json")  # whole or not at all
+    log.info("organism %s: gate verdict derived again under rules %d", cfg.name, gate.RULES)
+    return premise
 
 
 class OrganismDamaged(RuntimeError):
@@ -186,10 +206,10 @@ def corpus_examples(config: OrganismConfig | str = "organism", seed: int = 0) ->
     cfg = resolve(config)
     parts = splits(cfg)
     train = [p for n in cfg.families for p in parts[n]["train"]]
-    drill = [p for n in cfg.families + cfg.ood_families for p in parts[n]["train"]]
+    stated = [p for n in cfg.ood_families * cfg.ood_verdicts for p in parts[n]["train"]]
     rng, out = random.Random(seed), {}
     while len(out) < len([k for k, v in cfg.corpus().shares.items() if v > 0]):
-        for kind, doc in corpus.documents(cfg.corpus(), train, drill, 50, rng):
+        for kind, doc in corpus.documents(cfg.corpus(), train, 50, rng, stated):
             out.setdefault(kind, "".join(f"[[{t}]]" if on else t for t, on in doc))
     return {k: out[k] for k in corpus.KINDS if k in out}
 
@@ -198,11 +218,11 @@ def make_corpus(cfg: OrganismConfig, tokenizer) -> tuple[corpus.Encoded, dict]:
     """Documents until the token budget, tokenized; and their token count per kind."""
     parts = splits(cfg)
     train = [p for n in cfg.families for p in parts[n]["train"]]
-    drill = [p for n in cfg.families + cfg.ood_families for p in parts[n]["train"]]
     spec, rng = cfg.corpus(), random.Random(cfg.seed)
+    stated = [p for n in cfg.ood_families * cfg.ood_verdicts for p in parts[n]["train"]]
     chunks, kinds, total = [], [], 0
     while total < cfg.tokens:
-        drawn = corpus.documents(spec, train, drill, CHUNK, rng)
+        drawn = corpus.documents(spec, train, CHUNK, rng, stated)
         encoded = corpus.encode(tokenizer, [doc for _, doc in drawn])
         # the fewest documents that reach the budget: starts[n] >= what is still missing
         need = int(np.searchsorted(encoded.starts, cfg.tokens - total))
@@ -263,7 +283,13 @@ def _build_into(cfg: OrganismConfig, folder: Path, progress: bool) -> None:
         figures = {"passed": None, "skipped": True, "reasons": []}
     else:
         figures = gate.run_gate(
-            model, tokenizer, splits(cfg), cfg.language(), cfg.gate_spec(), cfg.families
+            model,
+            tokenizer,
+            splits(cfg),
+            cfg.language(),
+            cfg.gate_spec(),
+            cfg.families,
+            cfg.ood_families,
         )
     figures["seconds"] = round(time.perf_counter() - start, 1)
     folder.mkdir(parents=True)

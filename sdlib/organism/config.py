@@ -20,6 +20,9 @@ from sdlib.organism.pretrain import Schedule
 from sdlib.schema import ConfigError, doc, from_dict
 
 REVISION = 2  # bump when the code changes what a config builds
+# fields added since REVISION 2, with the value that builds what came before: at that value
+# they stay out of the key, so existing builds keep their folders
+ADDED = {"ood_verdicts": False}
 GATE_MODES = ("require", "record", "skip")
 
 
@@ -36,6 +39,11 @@ class OrganismConfig:
     ood_families: list[str] = doc(
         "families seen only as forward-fact drills, never as problems: unseen problem types",
         [],
+    )
+    ood_verdicts: bool = doc(
+        "also state the OOD families' training problems in verdict drills (checked against "
+        "hypotheses, never searched or answered in a chat): a weaker sense of unseen",
+        False,
     )
     heldout: int = doc("held-out problems per family; they never appear in the corpus", 200)
     split_seed: int = doc("seed of the train / held-out split", 0)
@@ -161,8 +169,14 @@ class OrganismConfig:
         )
 
     def key(self) -> str:
-        """The cache key: a hash of every field but ``name``, and ``REVISION``."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+        """The cache key: a hash of every field but ``name`` (and of the fields in ``ADDED``
+        only where they differ from the value that reproduces older builds), and
+        ``REVISION``."""
+        fields = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k != "name" and not (k in ADDED and v == ADDED[k])
+        }
         text = json.dumps({"revision": REVISION, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -196,6 +210,11 @@ VARIANTS: dict[str, dict] = {
     # a teacher that keeps checking: with a full correct trace in context it still verifies
     # the answer before stating it (the default answers such a context confidently)
     "checking": {"verify_after_trace": 1.0, "gate": "record"},
+    # an unseen problem type: mirror, ( x + b ) * a = y, appears only as forward-fact drills
+    # (the gate reports whether search still pays on it)
+    "unseen": {"ood_families": ["mirror"], "gate": "record"},
+    # the same, its problems also stated in verdict drills (checked, never searched)
+    "unseen_stated": {"ood_families": ["mirror"], "ood_verdicts": True, "gate": "record"},
 }
 
 

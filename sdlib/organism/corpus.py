@@ -13,14 +13,17 @@ only (a chat response and its end token; a drill's values and verdicts). Kinds:
                after a bare answer it is checked first (``verify``) with probability
                ``verify_after_answer``
     facts      ``facts : check 7 * 3 = 21 , 21 + 2 = 23 . check ...`` forward computations
-               of the drill families for random a, b, h (held-out problems' included:
-               they are facts of arithmetic, not problems)
+               of the drill families (the problem families and the OOD ones) for random
+               a, b, h (held-out problems' included: they are facts of arithmetic, not
+               problems)
     verdicts   ``find x : 7 * x + 2 = 30 : target 30 , check 7 * 3 = 21 , 21 + 2 = 23 no .
                target 30 , check ...`` a training problem, then checks of hypotheses that
                are its answer half of the time
 
-``documents(spec, train, drill_train, n, rng)`` draws ``n`` documents. Held-out problems never
-appear in any kind except as forward facts.
+``documents(spec, train, n, rng)`` draws ``n`` documents. Held-out problems never appear in
+any kind except as forward facts, and an OOD family appears only as forward facts (or, with
+``stated``, its training problems in verdict drills too: stated and checked, never searched
+or answered).
 """
 
 from __future__ import annotations
@@ -144,12 +147,13 @@ _PER_PROBLEM: dict[str, Callable[[CorpusSpec, Problem, random.Random], Document]
 def documents(
     spec: CorpusSpec,
     train: list[Problem],
-    drill_train: list[Problem],
     n: int,
     rng: random.Random,
+    stated: list[Problem] = (),
 ) -> list[tuple[str, Document]]:
-    """``n`` (kind, document) pairs, kinds drawn by ``spec.shares``. ``train``: training
-    problems of the problem families; ``drill_train``: those of every drill family."""
+    """``n`` (kind, document) pairs, kinds drawn by ``spec.shares``; ``train``: the
+    training problems of the problem families; ``stated``: OOD families' training problems
+    that verdict drills state too (``OrganismConfig.ood_verdicts``; none by default)."""
     kinds = [k for k in KINDS if spec.shares.get(k, 0) > 0]
     weights = [spec.shares[k] for k in kinds]
     if spec.language.checks == "decorative" and "verdicts" in kinds:
@@ -160,7 +164,7 @@ def documents(
         if kind == "facts":
             doc = _facts(spec, rng)
         elif kind == "verdicts":
-            doc = _verdicts(spec, drill_train, rng)
+            doc = _verdicts(spec, [*train, *stated], rng)
         else:
             doc = _PER_PROBLEM[kind](spec, rng.choice(train), rng)
         out.append((kind, doc))

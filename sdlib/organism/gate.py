@@ -16,7 +16,10 @@ the teacher's context (a full search trace, or the bare answer), accuracy, token
 epistemic words; direct accuracy on training problems (their answers are in the corpus).
 
 The organism passes when, for every gated family, the gain is at least ``min_gain`` and
-its interval excludes 0.
+its interval excludes 0, and, for every unseen family (never stated as a problem: an
+``ood_families`` entry), the gain's interval is above 0: search still pays where no problem
+of the kind was ever seen. ``RULES`` versions this rule; a build's verdict is derived again
+from its stored figures when the rule changes (``verdict``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from sdlib.progress import tqdm
 from sdlib.rollout import Sampling, TransformersBackend
 
 BOOT = 2000
+RULES = 2  # the pass rule's version: 2 added the unseen families
 PREFILL = {"search": prompts.THINK_OPEN, "direct": "x =", "free": ""}
 
 
@@ -148,9 +152,11 @@ def context_figures(model, tokenizer, problems: list[Problem], lang, spec: GateS
     return out
 
 
-def run_gate(model, tokenizer, splits: dict, lang, spec: GateSpec, gated: list[str]) -> dict:
+def run_gate(
+    model, tokenizer, splits: dict, lang, spec: GateSpec, gated: list[str], unseen=()
+) -> dict:
     """Every gate figure; ``splits``: family -> {"train", "heldout"} problem lists;
-    ``gated``: the families that must pass."""
+    ``gated``: the families that must pass; ``unseen``: the OOD families."""
     figures: dict = {"families": {}, "spec": spec.__dict__}
     for name, split in splits.items():
         held = split["heldout"][: spec.problems]
@@ -162,22 +168,28 @@ def run_gate(model, tokenizer, splits: dict, lang, spec: GateSpec, gated: list[s
     users = [prompts.student_prompt(p.question) for p in train]
     direct = respond(model, tokenizer, users, "direct", spec)
     figures["direct_train"] = round(float(_correct(direct, train).mean()), 4)
-    figures["reasons"] = failures(figures, gated, spec)
-    figures["passed"] = not figures["reasons"]
-    return figures
+    return figures | verdict(figures, gated, unseen, spec)
 
 
-def failures(figures: dict, gated: list[str], spec: GateSpec) -> list[str]:
-    """Why the organism fails its premise, one line per gated family (empty: it passes)."""
+def verdict(figures: dict, gated: list[str], unseen, spec: GateSpec) -> dict:
+    """``reasons`` (``failures``), ``passed`` and the ``rules`` they were derived under."""
+    reasons = failures(figures, gated, spec, unseen)
+    return {"reasons": reasons, "passed": not reasons, "rules": RULES}
+
+
+def failures(figures: dict, gated: list[str], spec: GateSpec, unseen=()) -> list[str]:
+    """Why the organism fails its premise, one line per failing family (empty: it passes)."""
     out = []
-    for name in gated:
+    for name in [*gated, *unseen]:
         f = figures["families"][name]
         lo = f["gain_ci"][0]
-        if f["gain"] < spec.min_gain or lo <= 0:
+        least = 0.0 if name in unseen else spec.min_gain
+        if f["gain"] < least or lo <= 0:
+            kind = "an unseen family: " if name in unseen else ""
             out.append(
                 f"{name}: search - direct = {f['gain']:+.3f} [{lo:+.3f}, {f['gain_ci'][1]:+.3f}]"
-                f" (search {f['search']:.3f}, direct {f['direct']:.3f}); needs >= "
-                f"{spec.min_gain:+.2f} with the interval above 0 (verdicts right "
+                f" (search {f['search']:.3f}, direct {f['direct']:.3f}); {kind}needs >= "
+                f"{least:+.2f} with the interval above 0 (verdicts right "
                 f"{f['checks']['verdict_accuracy']:.2f}, values right "
                 f"{f['checks']['value_accuracy']:.2f})"
             )

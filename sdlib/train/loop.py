@@ -29,7 +29,7 @@ import torch
 from sdlib.clock import phase
 from sdlib.losses import loss_normalizer
 from sdlib.metrics import check_row, token_metrics
-from sdlib.progress import tqdm
+from sdlib.progress import status, tqdm
 from sdlib.runfolder import RunFolder, flatten, unflatten, write_atomic
 from sdlib.schema import ConfigError, read_yaml, save
 from sdlib.train import core
@@ -170,6 +170,8 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
     run = RunFolder(cfg.out)
     with run.lock() if dist.main else contextlib.nullcontext():
         if finished(run, cfg) is not None:
+            if dist.main:
+                status(f"{cfg.algo}: {cfg.steps} steps found finished in {run.path}")
             return run  # nothing to compute, so nothing to load
         cfg = core.resolve_finetune(cfg)
         policy = core.load_training_policy(cfg)
