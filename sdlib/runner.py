@@ -291,8 +291,10 @@ def run_parallel(names: list[str], jobs: int, run_one) -> None:
     for t in threads:
         t.start()
     try:
-        for t in threads:
-            t.join()
+        # timed waits: a Ctrl-C the OS delivers to a worker thread is only acted on when the
+        # main thread runs Python again, which a plain join() would delay to the end
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.2)
     except KeyboardInterrupt:
         with cond:
             errors.append(KeyboardInterrupt())  # no new starts
