@@ -314,8 +314,15 @@ def sdlib_process(args, out) -> subprocess.Popen:
     )
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     argv = [sys.executable, "-c", code, *args, "--out", str(out)]
+    # a child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt
+    # handler: start it with the default, as a terminal would
     return subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
