@@ -57,6 +57,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from sdlib.rollout import BACKENDS
     from sdlib.train import ALGORITHMS, LOGGERS
     from sdlib.train.onpolicy import ROLLOUT_IS
+    from sdlib.train.sdpo import ROUTES
 
     return {
         "algo": tuple(ALGORITHMS),
@@ -69,6 +70,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "distill_loss": tuple(DISTILLATION_LOSSES),
         "log_to": tuple(LOGGERS),
         "rollout_is": tuple(ROLLOUT_IS),
+        "route": tuple(ROUTES),
         "grader": RULES,
     }
 
@@ -136,7 +138,11 @@ RANGES = {
         ),
         _NON_NEGATIVE,
     ),  # fmt: skip
-    **dict.fromkeys(("alpha", "ema_rate", "success_threshold", "reach"), _UNIT),
+    **dict.fromkeys(
+        ("alpha", "ema_rate", "success_threshold", "reach", "distillation_weight"), _UNIT
+    ),
+    "demo_prefix": _range(0, 1, low_open=True),
+    "teacher_entropy_weight": _range(0),
     "top_p": _range(0, 1, low_open=True),
     "eval_top_p": _range(0, 1, low_open=True),
     "lr": _range(0, low_open=True),
@@ -196,6 +202,18 @@ class EvalConfig:
 
     def validate(self) -> None:
         check_values(self)
+
+
+# TrainConfig fields added after runs existed, with the value those runs had: a field at
+# this value is left out of a run's key and may be missing from its params.yaml, so the
+# runs made before it stay found and resumable.
+TRAIN_ADDED = {
+    "distillation_weight": 1.0,
+    "route": "none",
+    "teacher_entropy_weight": 0.0,
+    "demo_prefix": 1.0,
+    "variance_weight": False,
+}
 
 
 @dataclass
@@ -288,11 +306,15 @@ class TrainConfig:
     )
     is_clip: float = doc("clip of the detached per-token ratio pi / pi_old; 0 = no weight", 2.0)
     teacher: str = doc(
-        "initial (the frozen start: LoRA off, or a copy of the initial weights), live or ema",
+        "initial (the frozen start: LoRA off, or a copy of the initial weights), live, ema, "
+        "or trust-region (logits lerp(initial, current, ema_rate): the reference's "
+        "teacher_regularization)",
         "initial",
     )
     ema_rate: float = doc(
-        "EMA teacher update rate, applied once per step (after its updates)", 0.05
+        "the teacher's update rate (the reference's teacher_update_rate): ema's per step "
+        "(after its updates), trust-region's mix of current into initial logits",
+        0.05,
     )
     success_threshold: float = doc("reward at which a rollout can be a demonstration", 0.5)
     dont_reprompt_on_self_success: bool = doc(
@@ -306,6 +328,32 @@ class TrainConfig:
         "teacher prompts longer than this lose the start of their demonstration; 0 = no limit "
         "(the reference: 22,528)",
         0,
+    )
+    # remedies (notebook 07; each off at its default)
+    distillation_weight: float = doc(
+        "w in L = (1 - w) GRPO surrogate + w distillation on the same rollouts, each its "
+        "own token-mean (TRL's SDPOConfig.distillation_weight); 1 = SDPO, 0 = GRPO",
+        1.0,
+    )
+    route: str = doc(
+        "none, or outcome (SRPO): a wrong rollout with a right sibling is distilled, every "
+        "other rollout takes GRPO's update, one token-mean over both",
+        "none",
+    )
+    teacher_entropy_weight: float = doc(
+        "beta: each distilled token weighs exp(-beta H_teacher), over the step's mean "
+        "(SRPO: 1); 0 = off",
+        0.0,
+    )
+    demo_prefix: float = doc(
+        "share of the demonstration's tokens the teacher sees, from its start (a "
+        "partial-context teacher after PAINT); 1 = all",
+        1.0,
+    )
+    variance_weight: bool = doc(
+        "weigh each question's distillation by sqrt(p (1 - p)) of its group's success "
+        "rate p, over the step's mean (SC-SDPO)",
+        False,
     )
     # SFT
     epochs: int = doc("SFT passes over the data (steps caps it)", 1)
@@ -329,6 +377,19 @@ class TrainConfig:
                 f"trained; use finetune: lora, or load_in_4bit: false"
             )
         self._check_distillation()
+        if self.route != "none" and self.distillation_weight != 1.0:
+            raise ConfigError(
+                f"route = {self.route!r} with distillation_weight = {self.distillation_weight}: "
+                f"routing sends each rollout to one loss; set distillation_weight: 1"
+            )
+
+    @property
+    def policy_loss(self) -> bool:
+        """The run takes GRPO's clipped surrogate on some samples (GRPO, or SDPO mixed or
+        routed with it)."""
+        return self.algo == "grpo" or (
+            self.algo == "sdpo" and (self.distillation_weight < 1 or self.route != "none")
+        )
 
     def _check_distillation(self) -> None:
         from sdlib.losses import DISTILLATION_LOSSES

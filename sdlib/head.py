@@ -285,19 +285,20 @@ class _FusedDistillation(torch.autograd.Function):
     which is not known until the loss is aggregated (``Head.distill`` falls back there)."""
 
     @staticmethod
-    def forward(ctx, hidden, teacher_hidden, weight, bias, tokens, k, temperature, chunk_size,
-                divergence, want_grad):  # fmt: skip
+    def forward(ctx, hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias, tokens,
+                k, temperature, chunk_size, divergence, want_grad):  # fmt: skip
         n, dtype = hidden.shape[0], compute_dtype(hidden.dtype)
         out = [hidden.new_zeros(n, dtype=dtype) for _ in range(3)]  # D, token_logp, entropy
         grad_h = torch.zeros_like(hidden) if want_grad else None
         ws, head = _Workspace(min(n, chunk_size), weight, dtype), (weight, bias, temperature)
+        t_head = (teacher_weight, teacher_bias, temperature)
         for rows in chunks(n, chunk_size):
-            h, tok = hidden[rows], tokens[rows]
+            h, tok, t_h = hidden[rows], tokens[rows], teacher_hidden[rows]
             p = ws.p[: h.shape[0]]
             st, mass, total, top_p = _student_chunk(ws.scores(h, *head), p, tok, k)
-            tt, t_mass = _teacher_chunk(ws.scores(teacher_hidden[rows], *head), st.topk_index, tok)
+            tt, t_mass = _teacher_chunk(ws.scores(t_h, *t_head), st.topk_index, tok)
             low, low_logp = _exact_tails(st, mass, h, tok, head)
-            _exact_tails(tt, t_mass, teacher_hidden[rows], tok, head)
+            _exact_tails(tt, t_mass, t_h, tok, t_head)
             with torch.enable_grad():
                 leaves = [x.detach().requires_grad_(want_grad) for x in st[1:4]]
                 d = divergence(HeadStats(st.topk_index, *leaves, st.entropy), tt)  # [C]
@@ -317,7 +318,7 @@ class _FusedDistillation(torch.autograd.Function):
     def backward(ctx, grad_d, _grad_token, _grad_entropy):
         (grad_h,) = ctx.saved_tensors
         grad = None if grad_d is None else grad_h * grad_d.unsqueeze(-1).to(grad_h.dtype)
-        return grad, None, None, None, None, None, None, None, None, None
+        return (grad,) + (None,) * 11
 
 
 def _fused_logit_grad(p, mass, total, top_p, st: HeadStats, tokens, grads, low, low_logp):
@@ -465,27 +466,65 @@ class Head(NamedTuple):
             **kw,
         )
 
-    def distill(self, hidden: Tensor, teacher_hidden: Tensor, tokens: Tensor, k: int, divergence):
+    def distill(
+        self,
+        hidden: Tensor,
+        teacher_hidden: Tensor,
+        tokens: Tensor,
+        k: int,
+        divergence,
+        teacher_head: Head | None = None,
+    ):
         """(D [N], token_logp [N], entropy [N]) of ``divergence(student, teacher)`` over the
         student's top-k and the tail, D differentiable in ``hidden``: fused, the gradient
         taken in the forward pass over each chunk (``_FusedDistillation``), where the head
         is frozen and k leaves a tail; otherwise the student's stats with a recomputing
-        backward, then the teacher's."""
+        backward, then the teacher's. The teacher's logits come from ``teacher_head`` (this
+        head when None): a teacher view may hold other output weights (full fine-tuning's
+        initial copy) or several views' weights side by side (``combine``)."""
+        t = self if teacher_head is None else teacher_head
         frozen = not (
             self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
         )
         if frozen and k < self.vocab_size and self.chunk_size is not None:
             want = torch.is_grad_enabled() and hidden.requires_grad
+            detach = lambda x: None if x is None else x.detach()  # noqa: E731
             d, token, entropy = _FusedDistillation.apply(
-                hidden, teacher_hidden.detach(), self.weight.detach(),
-                None if self.bias is None else self.bias.detach(), tokens, k,
+                hidden, teacher_hidden.detach(), self.weight.detach(), detach(self.bias),
+                t.weight.detach(), detach(t.bias), tokens, k,
                 self.temperature, self.chunk_size, divergence, want,
             )  # fmt: skip
             return d, token, entropy
         st = self.student(hidden, tokens, k, with_entropy=True)
-        tt = self.teacher(teacher_hidden, tokens, st.topk_index)
+        tt = t.teacher(teacher_hidden, tokens, st.topk_index)
         return divergence(st, tt), st.token_logp.detach(), st.entropy.detach()
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """Whole log-probs of a chunk [C, V] in the compute dtype (for full-vocabulary losses)."""
         return chunk_logits(hidden, self.weight, self.bias, self.temperature).log_softmax(-1)
+
+
+def combine(parts: list[tuple[float, Tensor, Head]]) -> tuple[Tensor, Head]:
+    """One teacher from several views of it: hidden states and a head whose logits are
+    sum_j c_j (h_j W_j^T + b_j), for ``parts`` = [(c_j, h_j [N, H], head_j)], detached.
+
+    Views that share their output weights (LoRA: the head is never adapted) combine their
+    hidden states, sum_j c_j h_j, with that head (its bias scaled by sum_j c_j); views with
+    different output weights (full fine-tuning with a trained head) are put side by side:
+    hidden [c_1 h_1, c_2 h_2, ...] [N, jH] against the weights [W_1, W_2, ...] [V, jH]. The
+    logits are the same either way; the first costs no memory."""
+    first = parts[0][2]
+    if all(head.weight is first.weight and head.bias is first.bias for _, _, head in parts):
+        total = sum(c for c, _, _ in parts)
+        single = len(parts) == 1 and total == 1.0
+        hidden = parts[0][1] if single else sum(c * h for c, h, _ in parts)
+        weight, bias = first.weight, first.bias
+        if bias is not None and total != 1.0:
+            bias = bias * total
+    else:
+        hidden = torch.cat([c * h for c, h, _ in parts], dim=-1)
+        weight = torch.cat([head.weight for _, _, head in parts], dim=-1)
+        biases = [c * head.bias for c, _, head in parts if head.bias is not None]
+        bias = sum(biases) if biases else None
+    bias = None if bias is None else bias.detach()
+    return hidden.detach(), first._replace(weight=weight.detach(), bias=bias)

@@ -395,29 +395,32 @@ class Distilled(NamedTuple):
 def _from_head_stats(divergence: Callable[[HeadStats, HeadStats, float], Tensor], topk: bool):
     """A ``DistillLoss.compute`` that reduces both models' heads to HeadStats first."""
 
-    def compute(student_hidden, teacher_hidden, head: Head, tokens, *, k: int, alpha: float):
+    def compute(student_hidden, teacher_hidden, head: Head, tokens, *, k, alpha, teacher_head=None):
         d, token, entropy = head.distill(
             student_hidden,
             teacher_hidden,
             tokens,
             k if topk else 1,
             partial(divergence, alpha=alpha),
+            teacher_head,
         )
         return Distilled(d, token, entropy)
 
     return compute
 
 
-def _full_chunk(h_student, h_teacher, head: Head, tokens, alpha):
+def _full_chunk(h_student, h_teacher, head: Head, tokens, alpha, teacher_head: Head):
     logp = head.log_probs(h_student)  # [C, V]
     with torch.no_grad():
-        t_logp = head.log_probs(h_teacher)
+        t_logp = teacher_head.log_probs(h_teacher)
         token = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         entropy = -(logp.exp() * logp).sum(-1)
     return generalized_jsd(logp, t_logp, alpha), token, entropy
 
 
-def full_vocab_distill(student_hidden, teacher_hidden, head: Head, tokens, *, k=None, alpha):
+def full_vocab_distill(
+    student_hidden, teacher_hidden, head: Head, tokens, *, k=None, alpha, teacher_head=None
+):
     """Generalized JSD over the whole vocabulary, per token, from hidden states: Distilled.
 
     Each chunk of ``head.chunk_size`` tokens is activation-checkpointed: the forward keeps
@@ -433,6 +436,7 @@ def full_vocab_distill(student_hidden, teacher_hidden, head: Head, tokens, *, k=
             head,
             tokens[rows],
             alpha,
+            head if teacher_head is None else teacher_head,
             use_reentrant=False,
         )
         for rows in chunks(student_hidden.shape[0], head.chunk_size)
@@ -445,7 +449,8 @@ def full_vocab_distill(student_hidden, teacher_hidden, head: Head, tokens, *, k=
 
 class DistillLoss(NamedTuple):
     """One way of measuring D(student || teacher) per token; ``compute(student_hidden,
-    teacher_hidden, head, tokens, k=, alpha=) -> Distilled``. ``uses_topk``: works on the
+    teacher_hidden, head, tokens, k=, alpha=, teacher_head=) -> Distilled`` (the teacher's
+    logits from ``teacher_head``, the student's head when None). ``uses_topk``: works on the
     student's top-k tokens (``TrainConfig.topk``); ``alpha``: the only alpha it is defined
     for, when it is restricted."""
 
@@ -476,6 +481,7 @@ def sdpo_token_loss(
     k: int = 100,
     alpha: float = 0.5,
     is_clip: float | None = 2.0,
+    teacher_head: Head | None = None,
 ) -> tuple[Tensor, Distilled, Tensor]:
     """Per-token SDPO loss from both models' hidden states at the response positions.
 
@@ -487,7 +493,7 @@ def sdpo_token_loss(
     tokens and logp_old [N] -> (l [N], Distilled, w [N]).
     """
     distilled = DISTILLATION_LOSSES[loss].compute(
-        student_hidden, teacher_hidden, head, tokens, k=k, alpha=alpha
+        student_hidden, teacher_hidden, head, tokens, k=k, alpha=alpha, teacher_head=teacher_head
     )
     if logp_old is None or is_clip is None:
         weight = torch.ones_like(distilled.divergence).detach()

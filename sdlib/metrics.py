@@ -26,6 +26,11 @@ def _always(cfg: Any) -> bool:
     return True
 
 
+def _policy_loss(cfg: Any) -> bool:
+    """GRPO's surrogate is in the loss: GRPO, or SDPO mixed or routed with it."""
+    return cfg.policy_loss
+
+
 @dataclass(frozen=True)
 class Metric:
     doc: str
@@ -65,22 +70,22 @@ METRICS: dict[str, Metric] = {
     "train/grad_norm": Metric("gradient L2 norm before clipping, mean over updates", TRAINING),
     "train/lr": Metric("learning rate, mean over the step's updates", TRAINING),
     "train/clip_frac": Metric(
-        "GRPO: tokens where the clipped branch is taken", (GRPO,), tokens=True
+        "GRPO: tokens where the clipped branch is taken", ON_POLICY, _policy_loss, tokens=True
     ),
     "train/clip_frac_low": Metric(
-        "GRPO: tokens with ratio < 1 - eps_low and A < 0", (GRPO,), tokens=True
+        "GRPO: tokens with ratio < 1 - eps_low and A < 0", ON_POLICY, _policy_loss, tokens=True
     ),
     "train/clip_frac_high": Metric(
-        "GRPO: tokens with ratio > 1 + eps_high and A > 0", (GRPO,), tokens=True
+        "GRPO: tokens with ratio > 1 + eps_high and A > 0", ON_POLICY, _policy_loss, tokens=True
     ),
     "train/dual_clip_frac": Metric(
         "GRPO: tokens where the dual clip bound -A c is taken",
-        (GRPO,),
-        lambda c: c.dual_clip > 0,
+        ON_POLICY,
+        lambda c: c.policy_loss and c.dual_clip > 0,
         tokens=True,
     ),
     "train/ratio_mean": Metric(
-        "GRPO: mean ratio pi / pi_old over forwarded tokens", (GRPO,), tokens=True
+        "GRPO: mean ratio pi / pi_old over forwarded tokens", ON_POLICY, _policy_loss, tokens=True
     ),
     "train/kl_initial": Metric(
         "how far the policy moved: mean k3 estimate of KL(pi || pi_initial) per token",
@@ -88,7 +93,9 @@ METRICS: dict[str, Metric] = {
         lambda c: c.track_kl or c.kl_coef > 0,
         tokens=True,
     ),
-    "train/zero_adv_frac": Metric("GRPO: samples whose group advantage is 0", (GRPO,)),
+    "train/zero_adv_frac": Metric(
+        "GRPO: samples whose group advantage is 0", ON_POLICY, _policy_loss
+    ),
     "train/divergence": Metric(
         "SDPO: mean per-token D_alpha(student || teacher)", (SDPO,), tokens=True
     ),
@@ -102,6 +109,15 @@ METRICS: dict[str, Metric] = {
         "SDPO: tokens whose weight hit is_clip", (SDPO,), lambda c: c.is_clip > 0, tokens=True
     ),
     "train/masked_frac": Metric("SDPO: samples without a demonstration (no loss)", (SDPO,)),
+    "train/routed_frac": Metric(
+        "SDPO with route: samples routed to the distillation", (SDPO,), lambda c: c.route != "none"
+    ),
+    "train/teacher_entropy": Metric(
+        "SDPO with teacher_entropy_weight: mean teacher entropy over distilled tokens, at "
+        "the step's start",
+        (SDPO,),
+        lambda c: c.teacher_entropy_weight > 0,
+    ),
     "time/rollout": Metric("seconds of phases 1-3 (sampling and grading)", ON_POLICY),
     "time/teacher": Metric("SDPO: seconds of teacher forwards within the update", (SDPO,)),
     "time/update": Metric("seconds of phase 5 (forwards, backwards, optimizer)", TRAINING),

@@ -527,17 +527,18 @@ class InitialTeacher:
     """The frozen initial policy (update rate 0): the LoRA adapter disabled (free), or with
     full fine-tuning the copy of the initial weights (``initial_policy``).
 
-    Every teacher: ``view(model)`` is a context in which the model computes the teacher's
-    distribution; ``update(model)`` runs once per step, after its last optimizer update (the
-    reference's timing: with two updates per step, a rate of 0.05 per update would act like
-    0.0975 per step); ``state`` /
+    Every teacher: ``views(model)`` lists (c_j, context) pairs: in each context the model
+    computes one view's logits, and the teacher's are sum_j c_j of them (``head.combine``;
+    one view of weight 1 for all but ``trust-region``); ``update(model)`` runs once per
+    step, after its last optimizer update (the reference's timing: with two updates per
+    step, a rate of 0.05 per update would act like 0.0975 per step); ``state`` /
     ``load_state`` hold what a checkpoint must keep (tensors by name)."""
 
     def __init__(self, model, rate: float = 0.0):
         self.rate = rate
 
-    def view(self, model):
-        return initial_policy(model)
+    def views(self, model) -> list[tuple[float, contextlib.AbstractContextManager]]:
+        return [(1.0, initial_policy(model))]
 
     def update(self, model) -> None:
         pass
@@ -552,8 +553,8 @@ class InitialTeacher:
 class LiveTeacher(InitialTeacher):
     """The current policy itself (no gradient flows into the teacher side of any loss)."""
 
-    def view(self, model):
-        return contextlib.nullcontext(model)
+    def views(self, model):
+        return [(1.0, contextlib.nullcontext(model))]
 
 
 class EMATeacher(InitialTeacher):
@@ -570,8 +571,8 @@ class EMATeacher(InitialTeacher):
         super().__init__(model, rate)
         self.copy = WeightCopy(model)
 
-    def view(self, model):
-        return self.copy.view(model)
+    def views(self, model):
+        return [(1.0, self.copy.view(model))]
 
     def update(self, model) -> None:
         self.copy.blend(model, self.rate)
@@ -583,4 +584,23 @@ class EMATeacher(InitialTeacher):
         self.copy.load_state(state)
 
 
-TEACHERS = {"initial": InitialTeacher, "live": LiveTeacher, "ema": EMATeacher}
+class TrustRegionTeacher(InitialTeacher):
+    """The reference's ``teacher_regularization: trust-region`` (lasgroup/SDPO): on the
+    teacher's prompt, logits lerp(z_initial, z_current, rate) = (1 - rate) z_initial +
+    rate z_current, a teacher proportional to pi_initial^(1 - rate) pi_current^rate. The
+    mix is geometric in the distributions, where an EMA teacher mixes weights. Two forwards
+    of the same weights (LoRA: the adapter off and on; full fine-tuning: the initial copy
+    and the live weights), no extra memory. At rate 0 it is the initial teacher, at 1
+    the live one."""
+
+    def views(self, model):
+        current = contextlib.nullcontext(model)
+        return [(1.0 - self.rate, initial_policy(model)), (self.rate, current)]
+
+
+TEACHERS = {
+    "initial": InitialTeacher,
+    "live": LiveTeacher,
+    "ema": EMATeacher,
+    "trust-region": TrustRegionTeacher,
+}

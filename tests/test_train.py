@@ -58,6 +58,12 @@ def step_batch(cfg, rewards):
     return policy, sb
 
 
+def norm_of(algo, sb, mode="token-mean"):
+    """The loop's normalizers of a one-update step: every sample in the update."""
+    every = torch.ones(len(sb.group), dtype=torch.bool)
+    return loop.normalizers(algo.counted(sb), every, sb, mode)
+
+
 def perturb_adapter(model, scale=3.0):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -73,27 +79,35 @@ def test_choose_demonstrations_first_other_success():
     assert choose_demonstrations(rewards, group, 0.5, False) == [1, 1, 1, 1, 6, 6, 6, 6]
 
 
-def reference_sdpo_loss(model, tok, sb, cfg, alpha, k, is_clip):
-    """Float64 brute force: full logits, explicit top-k + tail buckets, the JSD formula."""
-    total, count = 0.0, 0
-    demos = choose_demonstrations(sb.rewards, sb.group, 0.5, True)
-    for i, d in enumerate(demos):
-        if d is None:
+def initial_logits(model, ids):
+    with initial_policy(model):
+        return model(ids).logits
+
+
+def reference_sdpo_terms(model, tok, sb, alpha, k, is_clip, teacher=initial_logits, demos=None):
+    """Float64 brute force: full logits, explicit top-k + tail buckets, the JSD formula;
+    ``teacher(model, ids)``: the teacher's logits. {sample: per-token losses} of the samples
+    with a demonstration (``demos``: the teacher text of each sample, or None)."""
+    terms = {}
+    if demos is None:
+        chosen = choose_demonstrations(sb.rewards, sb.group, 0.5, True)
+        demos = [None if d is None else sb.rollouts.text[d] for d in chosen]
+    for i, demo in enumerate(demos):
+        if demo is None:
             continue
         user = sb.users[sb.rollouts.prompt_index[i]]
         t_text = chat(
             tok,
-            f"{user}\nCorrect solution:\n\n{sb.rollouts.text[d]}\n\n"
-            "Correctly solve the original question.",
+            f"{user}\nCorrect solution:\n\n{demo}\n\nCorrectly solve the original question.",
         )
         t_ids = tok(t_text, add_special_tokens=False)["input_ids"]
         s_ids, resp = sb.rollouts.prompt_ids[i], sb.rollouts.token_ids[i]
         with torch.no_grad():
             s = model(torch.tensor([s_ids + resp])).logits[0].double().log_softmax(-1)
-            with initial_policy(model):
-                t = model(torch.tensor([t_ids + resp])).logits[0].double().log_softmax(-1)
+            t = teacher(model, torch.tensor([t_ids + resp]))[0].double().log_softmax(-1)
         s = s[len(s_ids) - 1 : len(s_ids) - 1 + len(resp)]
         t = t[len(t_ids) - 1 : len(t_ids) - 1 + len(resp)]
+        terms[i] = []
         for pos, token in enumerate(resp):
             idx = s[pos].topk(k).indices
             ps = s[pos].exp()[idx].tolist()
@@ -105,22 +119,51 @@ def reference_sdpo_loss(model, tok, sb, cfg, alpha, k, is_clip):
                 1 - alpha
             ) * sum(a * math.log(a / c) for a, c in zip(ps, m, strict=True))
             ratio = math.exp(s[pos, token].item() - sb.rollouts.logprobs[i][pos])
-            total += min(ratio, is_clip) * jsd
-            count += 1
-    return total / count
+            terms[i].append(min(ratio, is_clip) * jsd)
+    return terms
 
 
-def test_sdpo_step_loss_equals_reference_formula(tmp_path):
-    cfg = cfg_for(tmp_path, algo="sdpo", alpha=0.5, is_clip=2.0, dtype="fp64")
+def reference_sdpo_loss(model, tok, sb, cfg, alpha, k, is_clip, teacher=initial_logits):
+    """The token-mean of ``reference_sdpo_terms``."""
+    terms = reference_sdpo_terms(model, tok, sb, alpha, k, is_clip, teacher)
+    return sum(map(sum, terms.values())) / sum(map(len, terms.values()))
+
+
+def trust_region_logits(mix):
+    """The reference's trust-region teacher: lerp(initial logits, current logits, mix)."""
+
+    def logits(model, ids):
+        return torch.lerp(initial_logits(model, ids), model(ids).logits, mix)
+
+    return logits
+
+
+@pytest.mark.parametrize(
+    "finetune, teacher, mix, reference",
+    [
+        ("lora", "initial", 0.0, initial_logits),
+        # full fine-tuning trains the output layer too: the initial teacher is the initial
+        # weights throughout, head included
+        ("full", "initial", 0.0, initial_logits),
+        ("lora", "trust-region", 0.3, trust_region_logits(0.3)),
+        ("full", "trust-region", 0.3, trust_region_logits(0.3)),
+        ("lora", "trust-region", 0.0, initial_logits),
+        ("lora", "trust-region", 1.0, lambda model, ids: model(ids).logits),
+    ],
+)
+def test_sdpo_step_loss_equals_reference_formula(tmp_path, finetune, teacher, mix, reference):
+    cfg = cfg_for(
+        tmp_path, algo="sdpo", alpha=0.5, is_clip=2.0, dtype="fp64", finetune=finetune,
+        teacher=teacher, ema_rate=mix,
+    )  # fmt: skip
     policy, sb = step_batch(cfg, [0, 1, 1, 0, 0, 0, 1, 0])
-    perturb_adapter(policy.model)  # so student and initial teacher differ beyond context
+    perturb_weights(policy.model, finetune)  # student and teacher differ beyond context
     algo = SDPO(cfg, policy, [])
     algo.prepare(sb)
     assert sb.active.tolist() == [True, True, True, True, True, True, False, True]
     rows = sb.active.nonzero().squeeze(1)
-    norm = loss_normalizer(sb.student.loss_mask[sb.active], "token-mean")
-    loss, _ = algo.micro_loss(policy.model, sb, rows, norm)
-    ref = reference_sdpo_loss(policy.model, policy.tokenizer, sb, cfg, 0.5, 5, 2.0)
+    loss, _ = algo.micro_loss(policy.model, sb, rows, norm_of(algo, sb))
+    ref = reference_sdpo_loss(policy.model, policy.tokenizer, sb, cfg, 0.5, 5, 2.0, reference)
     assert float(loss) == pytest.approx(ref, rel=1e-9)
 
 
@@ -213,7 +256,7 @@ def test_ema_teacher_tracks_the_policy_at_its_rate(tmp_path, finetune):
         assert torch.allclose(ema[n], 0.75 * start[n] + 0.25 * live[n].detach()), n
     assert not any(t.requires_grad for t in ema.values())
     ids = torch.tensor([[1, 400, 500, 600, 700]])
-    with torch.no_grad(), algo.teacher.view(policy.model):
+    with torch.no_grad(), algo.teacher.views(policy.model)[0][1]:
         teacher = policy.model(ids).logits
         lm_head = core.unwrap(policy.model).get_output_embeddings().weight
         embedding = core.unwrap(policy.model).get_input_embeddings().weight
@@ -237,7 +280,7 @@ def test_a_teacher_view_leaves_the_students_gradient_alone(tmp_path):
         policy.model.zero_grad(set_to_none=True)
         loss = policy.model(ids).logits.logsumexp(-1).sum()
         if with_view:
-            with torch.no_grad(), algo.teacher.view(policy.model):
+            with torch.no_grad(), algo.teacher.views(policy.model)[0][1]:
                 policy.model(ids)
         loss.backward()
         return grads(policy.model)
@@ -362,10 +405,21 @@ def test_first_update_ratio_is_one_at_the_rollout_temperature(tmp_path, temperat
     assert float(stats["train/clip_frac"].sum()) == 0.0
 
 
-@pytest.mark.parametrize("algo", ["sdpo", "grpo"])
-def test_metrics_rows_carry_exactly_the_documented_keys(tmp_path, monkeypatch, algo):
+SRPO = {"route": "outcome", "teacher_entropy_weight": 1.0, "teacher": "trust-region"}
+
+
+@pytest.mark.parametrize(
+    "algo, extra",
+    [
+        ("sdpo", {}),
+        ("grpo", {}),
+        ("sdpo", SRPO),
+        ("sdpo", {"distillation_weight": 0.5, "variance_weight": True, "demo_prefix": 0.5}),
+    ],
+)
+def test_metrics_rows_carry_exactly_the_documented_keys(tmp_path, monkeypatch, algo, extra):
     monkeypatch.setattr(onpolicy, "grade_response", parity_grader)
-    cfg = cfg_for(tmp_path, algo=algo, steps=1)
+    cfg = cfg_for(tmp_path, algo=algo, steps=1, **extra)
     from sdlib.train import train
 
     run = train(cfg)
@@ -381,6 +435,7 @@ def test_metrics_rows_carry_exactly_the_documented_keys(tmp_path, monkeypatch, a
         ("sdpo", {}),
         ("grpo", {}),
         ("sdpo", {"finetune": "full", "teacher": "ema", "dtype": "bf16", "lr": 1e-4}),
+        ("sdpo", {**SRPO, "variance_weight": True}),
     ],
 )
 def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, algo, extra):
@@ -420,7 +475,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch,
     assert sa.keys() == sb.keys() and any(k.startswith(".trainable.") for k in sa)
     for n in sa:
         assert torch.equal(sa[n], sb[n]), n
-    if extra:  # every weight, its float32 master and the EMA copy; the model for eval
+    if extra.get("finetune") == "full":  # every weight, its float32 master, the EMA copy
         assert any(k.startswith(".masters.") for k in sa)
         assert sum(k.startswith(".trainable.") for k in sa) == len(
             list(core.load_training_policy(whole).model.parameters())
@@ -565,7 +620,7 @@ def test_token_rollout_correction_recomputes_pi_old_and_weights_the_gap(tmp_path
     algo = algo_cls(cfg, policy, [])
     algo.prepare(sb)
     rows = sb.active.nonzero().squeeze(1)
-    norm = loss_normalizer(sb.student.loss_mask[sb.active], "token-mean")
+    norm = norm_of(algo, sb)
     weighted, _ = algo.micro_loss(policy.model, sb, rows, norm)
     sb.rollout_weight = torch.ones_like(sb.rollout_weight)
     plain, _ = algo.micro_loss(policy.model, sb, rows, norm)
@@ -613,8 +668,7 @@ def test_packed_micro_batches_equal_padded_ones_in_loss_and_gradient(tmp_path, a
         algo = algo_cls(cfg, policy, [])
         algo.prepare(sb)
         rows = sb.active.nonzero().squeeze(1)
-        norm = loss_normalizer(sb.student.loss_mask[algo.counted(sb)], cfg.loss_agg)
-        loss, stats = algo.micro_loss(policy.model, sb, rows, norm)
+        loss, stats = algo.micro_loss(policy.model, sb, rows, norm_of(algo, sb, cfg.loss_agg))
         loss.backward()
         results.append((float(loss), grads(policy.model), stats))
     (loss_a, grad_a, stats_a), (loss_b, grad_b, stats_b) = results

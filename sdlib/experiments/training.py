@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 import sdlib.train as trainers
-from sdlib.config import TrainConfig, from_dict
+from sdlib.config import TRAIN_ADDED, TrainConfig, from_dict
 from sdlib.experiments import cache
 from sdlib.grading import VERSION as GRADING
 from sdlib.runfolder import RunFolder, file_digest, verify, weights_folder
@@ -85,13 +85,22 @@ def train(cfg, tcfg: TrainConfig) -> Trained:
     folder per distinct configuration and code revision, whichever notebook asks for it
     (``finetune: auto`` resolved first, so the key names what runs)."""
     tcfg = resolve_finetune(tcfg)
-    keyed = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in UNKEYED}
-    keyed["data"] = [data_key(d) for d in tcfg.data]
-    out = cache.folder(
-        cfg.out, "train", tcfg.algo, {"revision": trainers.REVISION, "grading": GRADING, **keyed}
-    )
+    out = cache.folder(cfg.out, "train", tcfg.algo, identity(tcfg))
     tcfg = dataclasses.replace(tcfg, out=str(out))
     return Trained(trainers.train(tcfg), tcfg)
+
+
+def identity(tcfg: TrainConfig) -> dict:
+    """What names a run: every field that changes what it computes (a field added since
+    runs existed counts only away from the value they had), the code revision and the
+    grading version."""
+    keyed = {
+        k: v
+        for k, v in dataclasses.asdict(tcfg).items()
+        if k not in UNKEYED and not (k in TRAIN_ADDED and v == TRAIN_ADDED[k])
+    }
+    keyed["data"] = [data_key(d) for d in tcfg.data]
+    return {"revision": trainers.REVISION, "grading": GRADING, **keyed}
 
 
 def data_key(spec: str):

@@ -235,14 +235,18 @@ def token_sequences(batch: Packed) -> torch.Tensor:
     return tokens(batch, batch.sequence)
 
 
-def output_head(model, cfg, temperature: float | None = None) -> Head:
+def output_head(model, cfg=None, temperature: float | None = None, head: Head | None = None):
     """The model's output layer as the losses apply it: ``loss_chunk`` tokens at a time, at
     the rollout temperature. The sampler records log softmax(logits / T) as pi_old, so pi
     must be tempered the same way for pi / pi_old to start at 1 (greedy, T = 0: untempered).
+    ``head``: applied as that head, with the weights the model holds now (inside a view).
     """
     lm_head = unwrap(model).get_output_embeddings()
+    weights = {"weight": lm_head.weight, "bias": getattr(lm_head, "bias", None)}
+    if head is not None:
+        return head._replace(**weights)
     t = cfg.temperature if temperature is None else temperature
-    return Head(lm_head.weight, getattr(lm_head, "bias", None), t if t > 0 else 1.0, cfg.loss_chunk)
+    return Head(**weights, temperature=t if t > 0 else 1.0, chunk_size=cfg.loss_chunk)
 
 
 class MasterAdamW(torch.optim.AdamW):

@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 
 from sdlib.clock import phase
+from sdlib.config import TRAIN_ADDED
 from sdlib.losses import loss_normalizer
 from sdlib.metrics import check_row, token_metrics
 from sdlib.progress import status, tqdm
@@ -65,7 +66,8 @@ class Algorithm(Protocol):
 
     def batch(self, step: int, dist: Dist) -> Batch: ...  # phases 1-4
 
-    def counted(self, batch: Batch) -> torch.Tensor: ...  # [N] samples in the normaliser
+    # [N] samples in the normaliser, or [K, N] for a loss of K terms each with its own
+    def counted(self, batch: Batch) -> torch.Tensor: ...
 
     # the loss of micro-batch ``rows`` and, per forwarded token, its ``token_metrics``
     def micro_loss(self, model, batch: Batch, rows, norm) -> tuple[torch.Tensor, dict]: ...
@@ -79,6 +81,16 @@ class Algorithm(Protocol):
     def state(self) -> dict: ...  # what a checkpoint keeps beyond weights and optimizer
 
     def load_state(self, state: dict) -> None: ...
+
+
+def normalizers(counted: torch.Tensor, in_update, batch: Batch, mode: str) -> torch.Tensor:
+    """What an update's loss terms are divided by (``loss_normalizer``) over this process's
+    samples of the update: [] for a [N] ``counted`` mask, [K] for K terms' masks [K, N]."""
+    norms = [
+        loss_normalizer(batch.student.loss_mask[in_update & mask], mode).float()
+        for mask in counted.reshape(-1, counted.shape[-1])
+    ]
+    return torch.stack(norms).reshape(counted.shape[:-1])
 
 
 def update_phase(algo, model, batch: Batch, opt, sched, cfg, dist: Dist = SINGLE) -> dict:
@@ -97,9 +109,7 @@ def update_phase(algo, model, batch: Batch, opt, sched, cfg, dist: Dist = SINGLE
     size = (cfg.prompts_per_update or cfg.prompts_per_step) // dist.world  # this process's
     for lo in range(0, batch.groups, size):
         in_update = (batch.group >= lo) & (batch.group < lo + size)
-        counted = batch.student.loss_mask[in_update & algo.counted(batch)]
-        norm = loss_normalizer(counted, cfg.loss_agg) if counted.numel() else torch.tensor(0)
-        norm = dist.sum(norm.float())
+        norm = dist.sum(normalizers(algo.counted(batch), in_update, batch, cfg.loss_agg))
         rows = (in_update & batch.active).nonzero().squeeze(1)
         opt.zero_grad(set_to_none=True)
         loss = 0.0
@@ -272,7 +282,7 @@ def check_params(run: RunFolder, cfg) -> None:
     saved = run.file("params.yaml")
     has_work = bool(run.checkpoints()) or bool(run.read(METRICS_FILE))
     if saved.exists() and has_work:
-        before = read_yaml(saved.read_text(), str(saved)) or {}
+        before = {**TRAIN_ADDED, **(read_yaml(saved.read_text(), str(saved)) or {})}
         changed = sorted(
             k for k, v in vars(cfg).items() if k not in RESUMABLE and before.get(k) != v
         )

@@ -184,7 +184,8 @@ def kl_to_initial(model, batch: core.Packed, token_logp, head, tokens) -> torch.
     gradient) on the same student prompt; unbiased and >= 0: [N]."""
     with torch.no_grad(), initial_policy(model):
         h_ref, _ = core.selected(model, batch)
-        ref = head.teacher(h_ref, tokens, tokens[:, None]).token_logp
+        initial = core.output_head(model, head=head)  # full fine-tuning trains the head
+        ref = initial.teacher(h_ref, tokens, tokens[:, None]).token_logp
     d = ref - token_logp
     return d.exp() - d - 1
 
