@@ -509,6 +509,11 @@ def test_training_runs_are_keyed_by_the_code_revision(tmp_path, monkeypatch):
     assert run_training(experiment, cfg_for(tmp_path, algo="grpo", lr=0.5)) != first
     monkeypatch.setattr(train_pkg, "REVISION", train_pkg.REVISION + 1)
     assert run_training(experiment, tcfg) != first
+    # full fine-tuning's runs are keyed by their own revision (the teacher's head fix)
+    from sdlib.experiments.training import identity
+
+    assert identity(cfg_for(tmp_path, algo="sdpo", finetune="full"))["revision"] == 7
+    assert identity(tcfg)["revision"] == train_pkg.REVISION
 
 
 @pytest.mark.parametrize("algo", ["sdpo", "grpo", "sft"])

@@ -100,7 +100,7 @@ def identity(tcfg: TrainConfig) -> dict:
         if k not in UNKEYED and not (k in TRAIN_ADDED and v == TRAIN_ADDED[k])
     }
     keyed["data"] = [data_key(d) for d in tcfg.data]
-    return {"revision": trainers.REVISION, "grading": GRADING, **keyed}
+    return {"revision": trainers.revision(tcfg), "grading": GRADING, **keyed}
 
 
 def data_key(spec: str):

@@ -19,11 +19,20 @@ from sdlib.train.trackers import LOGGERS
 # 5: SDPO's distillation with a frozen head fused (``sdlib.head.Head.distill``): the same
 # arithmetic in another order, so values differ in the last bits.
 # 6: rollouts of a plain Llama decoded by ``sdlib.llama``'s forward (last bits differ).
+# 7, full fine-tuning only: a teacher or KL view reads the output layer inside the view (the
+# initial and EMA teachers had used the live head); LoRA never adapts the head, so its runs
+# are unchanged and keep revision 6.
 REVISION = 6
+FULL_REVISION = 7
+
+
+def revision(cfg) -> int:
+    """The code revision a run of ``cfg`` (``finetune`` resolved) is keyed by."""
+    return FULL_REVISION if cfg.finetune == "full" else REVISION
 
 ALGORITHMS = {"grpo": GRPO, "sdpo": SDPO, "sft": SFT}
 
-__all__ = ["ALGORITHMS", "LOGGERS", "REVISION", "train"]
+__all__ = ["ALGORITHMS", "LOGGERS", "REVISION", "revision", "train"]
 
 
 def train(cfg):
