@@ -204,18 +204,6 @@ class EvalConfig:
         check_values(self)
 
 
-# TrainConfig fields added after runs existed, with the value those runs had: a field at
-# this value is left out of a run's key and may be missing from its params.yaml, so the
-# runs made before it stay found and resumable.
-TRAIN_ADDED = {
-    "distillation_weight": 1.0,
-    "route": "none",
-    "teacher_entropy_weight": 0.0,
-    "demo_prefix": 1.0,
-    "variance_weight": False,
-}
-
-
 @dataclass
 class TrainConfig:
     """``sdlib train sft|grpo|sdpo``: one training run (LoRA or every weight), written to
@@ -633,6 +621,44 @@ class CoverageConfig(ExperimentConfig):
             )
 
 
+# notebook 07's remedies at their sources' defaults where a source gives one (route and
+# entropy weight: SRPO; trust region's rate: the reference's teacher_update_rate), and the
+# midpoint where it does not (TRL's mix defaults to 1, pure distillation; PAINT's own
+# masking rule was not pinned down, so half the demonstration): chosen before any run
+REMEDIES = {
+    "trust region": {"teacher": "trust-region"},
+    "GRPO+SDPO mix": {"distillation_weight": 0.5},
+    "SRPO": {"route": "outcome", "teacher_entropy_weight": 1.0},
+    "SC-SDPO": {"variance_weight": True},
+    "half context": {"demo_prefix": 0.5},
+}
+
+
+@dataclass
+class RemediesConfig(ExperimentConfig):
+    """Notebook 07: the remedies proposed since the study against SDPO and GRPO, the same
+    steps, seeds, problems and evaluation for all."""
+
+    data: list[str] = doc("training problems", ["synthetic:addition:2:64"])
+    train: dict = doc("TrainConfig parameters shared by every run", {"steps": 6})
+    grpo: dict = doc("TrainConfig parameters of the GRPO run only", {})
+    sdpo: dict = doc("TrainConfig parameters of SDPO and every remedy", {})
+    remedies: dict = doc(
+        "label -> TrainConfig parameters over SDPO's: one run per seed each (sdlib.train.sdpo)",
+        REMEDIES,
+    )
+    reach: float = doc("training reward whose first step counts as reaching it (efficiency)", 0.9)
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.remedies, dict) or not self.remedies:
+            raise ConfigError(f"remedies = {self.remedies!r}; expected a mapping label -> params")
+        for label, values in self.remedies.items():
+            if label in ("base", "GRPO", "SDPO"):
+                raise ConfigError(f"remedies: the label {label!r} names a reference run; rename it")
+            check_train_overrides(f"remedies[{label!r}]", values)
+
+
 EXPERIMENTS = {
     "00_model_organism": OrganismExperimentConfig,
     "01_context_richness": ContextConfig,
@@ -641,6 +667,7 @@ EXPERIMENTS = {
     "04_fixed_vs_moving_teacher": TeacherConfig,
     "05_task_coverage": CoverageConfig,
     "06_mechanism": MechanismConfig,
+    "07_remedies": RemediesConfig,
 }
 
 

@@ -55,7 +55,12 @@ def training_run(t, mean: float | None) -> Cost:
         trained = t.steps * t.prompts_per_step * length
         return Cost(trained=trained, passes=2 * trained)
     n = t.steps * t.prompts_per_step * t.rollouts_per_prompt
-    passes = 2 + (t.algo == "sdpo") + t.track_kl + (t.rollout_is == "token")
+    # forward + backward, the teacher's forward (twice for trust-region, once more for the
+    # teacher-entropy weights), the KL view, the trainer's pi_old
+    teacher = (t.algo == "sdpo") * (
+        (1 + (t.teacher == "trust-region")) + (t.teacher_entropy_weight > 0)
+    )
+    passes = 2 + teacher + t.track_kl + (t.rollout_is == "token")
     return sample(n, t.max_new_tokens, mean) + Cost(trained=n * length, passes=n * length * passes)
 
 
@@ -81,6 +86,11 @@ def runs_of(name: str, cfg) -> list:
         ]
     if name.startswith("06"):  # the default organism and each variant
         return [one("grpo"), one("sdpo")] * (1 + len(cfg.variants))
+    if name.startswith("07"):  # GRPO, SDPO, then each remedy (SDPO with its options)
+        mixed = {**cfg.grpo, **cfg.sdpo}
+        remedies = [training.config(cfg, "sdpo", ["<data>"], cfg.train, mixed, o)
+                    for o in cfg.remedies.values()]  # fmt: skip
+        return [one("grpo"), one("sdpo"), *remedies]
     return []
 
 

@@ -54,6 +54,12 @@ PALETTE = {
     "silent": _DARK[8],
     "decorative": _DARK[4],
     "checking": _DARK[2],
+    # notebook 07's remedies
+    "trust region": _DARK[0],
+    "GRPO+SDPO mix": _DARK[1],
+    "SRPO": _DARK[3],
+    "SC-SDPO": _DARK[5],
+    "half context": _DARK[7],
 }
 # labels no name covers: a colour each, picked by the label's own hash (so the same in every
 # figure) among these, the next free one when two labels of a figure meet
@@ -332,4 +338,32 @@ def effect_panels(table: pd.DataFrame, subtitle: str, measures=("accuracy", "len
         _ylabel(ax, f"SDPO - GRPO\n{LABELS.get(m, m)}")
     _title(fig, "What SDPO does relative to GRPO, by organism (held-out problems)", subtitle)
     _finish(fig, axes, legend=False)
+    return fig
+
+
+def remedy_bench(table: pd.DataFrame, subtitle: str):
+    """Each method a point (rows: method): in-domain efficiency (``correct per 1k tokens``,
+    x, 95% interval across seeds) against held-out accuracy minus the base model's
+    (``Δaccuracy``, y, paired 95% interval); the base model at (-, 0) as a line."""
+    fig, (ax,) = _panels(1, width=9, height=5.2)
+    colour = colours(table.index)
+    for label in ordered(table.index):
+        row = table.loc[[label]]
+        ax.errorbar(
+            row["correct per 1k tokens"],
+            row["Δaccuracy"],
+            xerr=_yerr(row, "correct per 1k tokens"),
+            yerr=_yerr(row, "Δaccuracy"),
+            fmt="o",
+            markersize=8,
+            capsize=3,
+            color=colour[label],
+            label=label,
+        )
+    ax.axhline(0, color=GREY, linewidth=1, linestyle="--")
+    ax.text(ax.get_xlim()[0], 0, " base model", va="bottom", ha="left", color=GREY)
+    ax.set_xlabel("in-domain efficiency: correct responses per 1k generated tokens")
+    _ylabel(ax, "held-out accuracy minus the base model's")
+    _title(fig, "Every method on one bench", subtitle)
+    _finish(fig, [ax])
     return fig

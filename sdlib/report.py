@@ -94,6 +94,14 @@ SECTIONS = {
         "effects",
         "verdicts",
     ),
+    "07_remedies": About(
+        "07 · The remedies, on one bench",
+        "Of the teachers and losses proposed since the study, which keep held-out accuracy, "
+        "which keep self-distillation's efficiency, and which do neither, trained and "
+        "evaluated alike?",
+        "bench",
+        "bench",
+    ),
 }
 
 

@@ -206,6 +206,7 @@ NEEDS = {"02_sft_guided_vs_unguided": "01_context_richness"}  # 01 writes D_ug a
 START_ORDER = [
     "03_sdpo_vs_grpo",
     "06_mechanism",
+    "07_remedies",
     "05_task_coverage",
     "01_context_richness",
     "04_fixed_vs_moving_teacher",

@@ -16,7 +16,7 @@ from test_train import (
     step_batch,
 )
 
-from sdlib.config import TRAIN_ADDED, TrainConfig, from_dict
+from sdlib.config import TrainConfig, from_dict
 from sdlib.experiments import training
 from sdlib.models import initial_policy
 from sdlib.prompts import chat
@@ -24,6 +24,7 @@ from sdlib.runfolder import RunFolder
 from sdlib.schema import ConfigError, save
 from sdlib.train import loop
 from sdlib.train.grpo import GRPO
+from sdlib.train.loop import TRAIN_ADDED
 from sdlib.train.sdpo import SDPO, choose_demonstrations, mean_one, question_weights
 
 MIXED = [0, 1, 1, 0, 1, 0, 0, 0]  # group 0: two right of four; group 1: one right

@@ -30,12 +30,14 @@ from sdlib.config import (
     ContextConfig,
     CoverageConfig,
     OnPolicyConfig,
+    RemediesConfig,
     SFTExperimentConfig,
     TeacherConfig,
 )
 from sdlib.datasets import load_benchmarks, pooled
 from sdlib.experiments import context as ctx
 from sdlib.experiments import coverage as cov
+from sdlib.experiments import remedies as remedies_experiment
 from sdlib.experiments import sdpo_grpo as sdpo_grpo_experiment
 from sdlib.experiments import sft as sft_experiment
 from sdlib.experiments import teacher as teacher_experiment
@@ -143,6 +145,13 @@ def teacher(cfg: TeacherConfig, seed: int = 0) -> Html:
     """Notebook 04: base, SDPO with the fixed teacher and with each EMA teacher."""
     benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
     runs = teacher_experiment.runs_of(cfg)
+    return side_by_side(final_samples(cfg, runs, benchmarks), by_id(benchmarks), seed)
+
+
+def remedies(cfg: RemediesConfig, seed: int = 0) -> Html:
+    """Notebook 07: base, GRPO, SDPO and each remedy on one held-out problem."""
+    benchmarks = load_benchmarks(cfg.eval_data, cfg.eval_limit)
+    runs = remedies_experiment.runs_of(cfg)
     return side_by_side(final_samples(cfg, runs, benchmarks), by_id(benchmarks), seed)
 
 

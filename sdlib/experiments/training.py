@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 
 import sdlib.train as trainers
-from sdlib.config import TRAIN_ADDED, TrainConfig, from_dict
+from sdlib.config import TrainConfig, from_dict
 from sdlib.experiments import cache
 from sdlib.grading import VERSION as GRADING
 from sdlib.runfolder import RunFolder, file_digest, verify, weights_folder
 from sdlib.train.core import resolve_finetune
-from sdlib.train.loop import METRICS_FILE, finished
+from sdlib.train.loop import METRICS_FILE, TRAIN_ADDED, finished
 
 # what a training run inherits from the experiment it belongs to
 SHARED = (

@@ -30,6 +30,7 @@ def revision(cfg) -> int:
     """The code revision a run of ``cfg`` (``finetune`` resolved) is keyed by."""
     return FULL_REVISION if cfg.finetune == "full" else REVISION
 
+
 ALGORITHMS = {"grpo": GRPO, "sdpo": SDPO, "sft": SFT}
 
 __all__ = ["ALGORITHMS", "LOGGERS", "REVISION", "revision", "train"]

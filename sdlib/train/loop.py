@@ -27,7 +27,6 @@ from typing import Protocol
 import torch
 
 from sdlib.clock import phase
-from sdlib.config import TRAIN_ADDED
 from sdlib.losses import loss_normalizer
 from sdlib.metrics import check_row, token_metrics
 from sdlib.progress import status, tqdm
@@ -37,6 +36,17 @@ from sdlib.train import core
 from sdlib.train.dist import SINGLE, Dist
 
 METRICS_FILE, SAMPLES_FILE, DONE_FILE = "metrics.jsonl", "samples.jsonl", "done.json"
+# TrainConfig fields added after runs existed, with the value those runs had: a field at
+# this value is left out of a run's key and may be missing from its params.yaml, so the
+# runs made before it stay found and resumable.
+TRAIN_ADDED = {
+    "distillation_weight": 1.0,
+    "route": "none",
+    "teacher_entropy_weight": 0.0,
+    "demo_prefix": 1.0,
+    "variance_weight": False,
+}
+
 # parameters a resumed run may change: they do not alter what the steps compute
 RESUMABLE = {"steps", "save_every", "sample_every", "out", "log_to"}
 
