@@ -10,7 +10,7 @@ JOBS    ?= 2
 # torch's OpenMP threads spin while they wait; on a shared 2-core machine that costs 7-10x
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup dev test test-all demo mechanism lab bench bench-trl lint format clean
+.PHONY: setup dev test test-all demo mechanism remedies wheelhouse gpu-check lab bench bench-trl lint format clean
 
 # what sdlib and its notebooks need (make demo); dev adds the tests, lint, JupyterLab, TRL
 setup: $(VENV)/.installed
@@ -49,6 +49,18 @@ demo: setup
 # notebook 06 on the organism preset, in the demo's folder (it reuses 03's default runs)
 mechanism: setup
 	$(BIN)/sdlib run 06 --preset $(PRESET) --jobs $(JOBS) --out runs/$(PRESET)/demo
+
+# notebook 07, the remedies on one bench, in the demo's folder (it reuses 03's GRPO and SDPO)
+remedies: setup
+	$(BIN)/sdlib run 07 --preset $(PRESET) --jobs $(JOBS) --out runs/$(PRESET)/demo
+
+# the wheels a GPU machine without a package registry needs (into .whl/, at most 64 MiB;
+# bench/wheelhouse.py), and the end-to-end check to run there (bench/gpu_check.py)
+wheelhouse: setup
+	$(BIN)/python bench/wheelhouse.py
+
+gpu-check:
+	$(BIN)/python bench/gpu_check.py
 
 # rooted at the repository, so runs/ (executed notebooks, reports) is in reach beside notebooks/
 lab: dev

@@ -54,12 +54,12 @@ PALETTE = {
     "silent": _DARK[8],
     "decorative": _DARK[4],
     "checking": _DARK[2],
-    # notebook 07's remedies
-    "trust region": _DARK[0],
-    "GRPO+SDPO mix": _DARK[1],
-    "SRPO": _DARK[3],
-    "SC-SDPO": _DARK[5],
-    "half context": _DARK[7],
+    # notebook 07's remedies: hues apart from GRPO's blue and SDPO's orange
+    "trust region": "#7570b3",
+    "GRPO+SDPO mix": "#1b9e77",
+    "SRPO": "#e7298a",
+    "SC-SDPO": "#66a61e",
+    "half context": "#a6761d",
 }
 # labels no name covers: a colour each, picked by the label's own hash (so the same in every
 # figure) among these, the next free one when two labels of a figure meet
@@ -349,19 +349,23 @@ def remedy_bench(table: pd.DataFrame, subtitle: str):
     colour = colours(table.index)
     for label in ordered(table.index):
         row = table.loc[[label]]
+        reference = label in ("GRPO", "SDPO")  # hollow squares, so a remedy on top shows both
         ax.errorbar(
             row["correct per 1k tokens"],
             row["Δaccuracy"],
             xerr=_yerr(row, "correct per 1k tokens"),
             yerr=_yerr(row, "Δaccuracy"),
-            fmt="o",
-            markersize=8,
+            fmt="s" if reference else "o",
+            markersize=14 if reference else 7,
+            markerfacecolor="none" if reference else colour[label],
+            markeredgewidth=2,
             capsize=3,
             color=colour[label],
             label=label,
+            zorder=2 if reference else 3,
         )
     ax.axhline(0, color=GREY, linewidth=1, linestyle="--")
-    ax.text(ax.get_xlim()[0], 0, " base model", va="bottom", ha="left", color=GREY)
+    ax.text(ax.get_xlim()[1], 0, "base model ", va="bottom", ha="right", color=GREY)
     ax.set_xlabel("in-domain efficiency: correct responses per 1k generated tokens")
     _ylabel(ax, "held-out accuracy minus the base model's")
     _title(fig, "Every method on one bench", subtitle)

@@ -22,7 +22,7 @@ from sdlib.models import initial_policy
 from sdlib.prompts import chat
 from sdlib.runfolder import RunFolder
 from sdlib.schema import ConfigError, save
-from sdlib.train import loop
+from sdlib.train import core, loop
 from sdlib.train.grpo import GRPO
 from sdlib.train.loop import TRAIN_ADDED
 from sdlib.train.sdpo import SDPO, choose_demonstrations, mean_one, question_weights
@@ -233,3 +233,44 @@ def test_runs_made_before_the_remedies_keep_their_key_and_resume(tmp_path):
     with pytest.raises(ConfigError, match="distillation_weight"):
         run.file("params.yaml").write_text(old + "\n")
         loop.check_params(run, cfg_for(tmp_path, algo="sdpo", distillation_weight=0.5))
+
+
+def test_the_trust_region_teacher_keeps_the_initial_weights_under_full_finetuning(tmp_path):
+    # nothing else reads the initial policy here (no KL tracked): the teacher must keep it
+    cfg = fp64(tmp_path, teacher="trust-region", finetune="full", track_kl=False)
+    assert core.reads_initial(cfg)
+    policy, sb = step_batch(cfg, MIXED)
+    loss, _ = loss_of(cfg, policy, sb)
+    assert math.isfinite(loss) and loss > 0
+
+
+def bench_row(acc, acc_lo, acc_hi, eff, eff_lo, eff_hi):
+    return {"Δaccuracy": acc, "Δaccuracy_lo": acc_lo, "Δaccuracy_hi": acc_hi, "seeds": 3,
+            "correct per 1k tokens": eff, "correct per 1k tokens_lo": eff_lo,
+            "correct per 1k tokens_hi": eff_hi}  # fmt: skip
+
+
+def test_verdicts_follow_the_rules_fixed_before_the_runs():
+    import pandas as pd
+
+    from sdlib.experiments import remedies
+
+    rows = {
+        "GRPO": bench_row(0.07, 0.01, 0.14, 5.95, 5.93, 5.97),
+        "SDPO": bench_row(-0.48, -0.55, -0.41, 6.40, 6.31, 6.47),
+        "keeps both": bench_row(-0.04, -0.10, 0.02, 6.18, 6.10, 6.25),
+        "keeps neither": bench_row(-0.05, -0.10, -0.01, 6.00, 5.90, 6.10),
+    }
+    said = remedies.verdicts({"bench": pd.DataFrame.from_dict(rows, orient="index")})
+    assert "GRPO" not in said
+    assert said["SDPO"] == (
+        "loses held-out accuracy, its efficiency above GRPO's beyond noise (the gain to keep)"
+    )
+    # (6.18 - 5.95) / (6.40 - 5.95) = 51% of SDPO's gain; an interval reaching 0 keeps
+    assert said["keeps both"] == (
+        "keeps held-out accuracy, keeps the efficiency (51% of SDPO's gain over GRPO)"
+    )
+    assert said["keeps neither"].startswith("loses held-out accuracy, does not keep")
+    rows["SDPO"] = bench_row(-0.48, -0.55, -0.41, 5.96, 5.90, 6.00)  # no gain over GRPO
+    said = remedies.verdicts({"bench": pd.DataFrame.from_dict(rows, orient="index")})
+    assert said["keeps both"].endswith("no gain to keep)")

@@ -52,7 +52,7 @@ def figure():
 @pytest.fixture
 def run(tmp_path):
     """A run folder of two notebooks' results: 03 (known, with findings, a caption, an
-    uncaptioned figure and a hostile note) and 07 (unknown to the report, no findings)."""
+    uncaptioned figure and a hostile note) and 08 (unknown to the report, no findings)."""
     res = Results(tmp_path / "03_sdpo_vs_grpo")
     table = res.table("sdpo_vs_grpo", wide_table())
     res.table("hostile", wide_table(benchmark="<img src=x onerror=alert(1)>"))
@@ -61,7 +61,7 @@ def run(tmp_path):
     found = tables.finding("SDPO minus GRPO", tables.rows(table, "SDPO"), "Δaccuracy")
     lines = ["Each run against GRPO:", *(f"- {x}" for x in tables.notes(table)), "**bold**"]
     res.notes([*lines, "", HOSTILE, "![x](javascript:alert(2))"], findings=[found])
-    other = Results(tmp_path / "07_remedies")
+    other = Results(tmp_path / "08_sketch")
     other.table("small", pd.DataFrame({"x": [1.0]}, index=pd.Index(["a"], name="run")))
     other.notes(["Nothing to see."])
     return tmp_path
@@ -106,7 +106,7 @@ class Page(HTMLParser):
 
 
 def report(root):
-    md, html = write_report(root, ["00_model_organism", "03_sdpo_vs_grpo", "07_remedies"])
+    md, html = write_report(root, ["00_model_organism", "03_sdpo_vs_grpo", "08_sketch"])
     return md.read_text(), html.read_text()
 
 
@@ -168,7 +168,7 @@ def test_sections_have_titles_questions_and_the_markdown_report_the_same_section
     md, html = report(run)
     page = Page(html)
     about = SECTIONS["03_sdpo_vs_grpo"]
-    assert page.h2 == ["Findings", "Contents", about.title, "07 · remedies"]
+    assert page.h2 == ["Findings", "Contents", about.title, "08 · sketch"]
     assert re.findall(r"^## (.*)$", md, flags=re.M) == page.h2
     assert about.question in html and f"*{about.question}*" in md
     assert (

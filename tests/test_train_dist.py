@@ -51,3 +51,17 @@ def test_two_processes_match_one(tmp_path, algo):
     rows = {n: json.loads((tmp_path / n / "metrics.jsonl").read_text()) for n in state}
     for key in ("rollout/reward_mean", "rollout/len_tokens", "train/grad_norm"):
         assert rows["one"][key] == pytest.approx(rows["two"][key], rel=1e-4), key
+
+
+def test_an_fsdp_launch_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    # accelerate launch with an FSDP config sets this; sdlib never wraps the model, so the
+    # weights would not be sharded: one line says so instead
+    from sdlib.config import TrainConfig, from_dict
+    from sdlib.schema import ConfigError
+    from sdlib.train import train
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    cfg = from_dict(TrainConfig, {"model": "tiny-random:2x64", "out": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match="FSDP"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

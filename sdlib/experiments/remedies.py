@@ -118,32 +118,35 @@ def verdicts(found: dict) -> dict[str, str]:
     """Each method's verdict in words, by the rules fixed before the runs: reasoning is
     kept when the held-out accuracy minus the base model's has its interval's top at or
     above 0; the efficiency is kept when correct per 1k tokens lies above GRPO's beyond
-    noise (across seeds). Where SDPO itself is not above GRPO there is no gain to keep and
-    the verdict says so."""
+    noise (across seeds), with the share of SDPO's gain over GRPO that it keeps. Where
+    SDPO itself is not above GRPO there is no gain to keep, and the verdict says so."""
     bench, key = found["bench"], "correct per 1k tokens"
-    sdpo_gain = _apart(bench.loc["SDPO"], bench.loc["GRPO"], key) > 0
+    grpo, sdpo = bench.loc["GRPO"], bench.loc["SDPO"]
+    gain = _apart(sdpo, grpo, key) > 0
     out = {}
     for method, row in bench.iterrows():
         if method == "GRPO":
             continue
-        keeps = row["Δaccuracy_hi"] >= 0
-        faster = _apart(row, bench.loc["GRPO"], key) > 0
-        reasoning = "keeps held-out accuracy" if keeps else "loses held-out accuracy"
-        if not sdpo_gain:
-            speed = "(SDPO is not more efficient than GRPO here: no gain to keep)"
-        elif faster:
-            speed = "and keeps SDPO's efficiency gain over GRPO"
-        else:
-            speed = "and does not keep SDPO's efficiency gain over GRPO"
-        out[method] = f"{reasoning} {speed}"
+        reasoning = "keeps" if row["Δaccuracy_hi"] >= 0 else "loses"
+        said = f"{reasoning} held-out accuracy"
+        if method == "SDPO":
+            above = "above GRPO's beyond noise (the gain to keep)" if gain else "not above GRPO's"
+            out[method] = f"{said}, its efficiency {above}"
+            continue
+        if not gain:
+            out[method] = f"{said} (SDPO is not more efficient than GRPO here: no gain to keep)"
+            continue
+        share = (row[key] - grpo[key]) / (sdpo[key] - grpo[key])
+        kept = "keeps" if _apart(row, grpo, key) > 0 else "does not keep"
+        out[method] = f"{said}, {kept} the efficiency ({share:.0%} of SDPO's gain over GRPO)"
     return out
 
 
 def findings(found: dict) -> list[str]:
     """The headline of notebook 07: held-out accuracy of each remedy minus SDPO and minus
-    GRPO, and each method's verdict."""
-    vs_sdpo, vs_grpo = found["vs_sdpo"], found["vs_grpo"]
-    remedies = [m for m in found["bench"].index if m not in ("GRPO", "SDPO")]
+    GRPO, each method's efficiency, and each method's verdict."""
+    vs_sdpo, vs_grpo, bench = found["vs_sdpo"], found["vs_grpo"], found["bench"]
+    remedies = [m for m in bench.index if m not in ("GRPO", "SDPO")]
     lines = [
         tables.finding(
             "Each remedy minus SDPO, held-out accuracy",
@@ -156,10 +159,19 @@ def findings(found: dict) -> list[str]:
             "Δaccuracy",
         ),
     ]
-    said = verdicts(found)
+    seeds = int(bench["seeds"].iloc[0])
+    lines.append(
+        f"In-domain efficiency, correct responses per 1k generated tokens over training "
+        f"(95% intervals across {seeds} seeds): "
+        + ", ".join(
+            f"{tables.markdown_text(m)} {_span(r, 'correct per 1k tokens')}"
+            for m, r in bench.iterrows()
+        )  # fmt: skip
+        + "."
+    )
     lines.append(
         "Verdicts (rules fixed before the runs): "
-        + "; ".join(f"{tables.markdown_text(m)} {v}" for m, v in said.items())
+        + "; ".join(f"{tables.markdown_text(m)}: {v}" for m, v in verdicts(found).items())
         + "."
     )
     return [line for line in lines if line]

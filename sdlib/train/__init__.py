@@ -43,8 +43,10 @@ def train(cfg):
     loaded or written: the device, the model's context and vocabulary, the data."""
     from sdlib.datasets import load_pairs, pooled
     from sdlib.models import check_device, check_limits
+    from sdlib.train.dist import check_launch
     from sdlib.train.loop import train_loop
 
+    check_launch()
     check_device(cfg.device)
     check_limits(cfg.model, cfg.max_new_tokens, cfg.topk if cfg.algo == "sdpo" else 0)
     data = load_pairs(cfg.data) if cfg.algo == "sft" else pooled(cfg.data)

@@ -44,9 +44,9 @@ def load_training_policy(cfg):
 
 
 def reads_initial(cfg) -> bool:
-    """Whether a run reads the initial policy: SDPO's initial teacher, or KL to the start
-    (its penalty or ``track_kl``); SFT never does."""
-    sdpo_initial = cfg.algo == "sdpo" and cfg.teacher == "initial"
+    """Whether a run reads the initial policy: SDPO's initial or trust-region teacher, or KL
+    to the start (its penalty or ``track_kl``); SFT never does."""
+    sdpo_initial = cfg.algo == "sdpo" and cfg.teacher in ("initial", "trust-region")
     return cfg.algo != "sft" and (cfg.track_kl or cfg.kl_coef > 0 or sdpo_initial)
 
 

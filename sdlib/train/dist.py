@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from sdlib.schema import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -76,3 +78,17 @@ class Dist:
 
 
 SINGLE = Dist()  # one process: every collective is the identity
+
+
+def check_launch() -> None:
+    """Refuse, in one line, a launch that asks for FSDP: sdlib replicates the model in each
+    process and sums the gradients itself (``Dist``); it never wraps the model, so an FSDP
+    config would be ignored, each process holding every weight while the user believes
+    them sharded (and full fine-tuning's teacher views swap whole weights, which sharding
+    would break)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise ConfigError(
+            "accelerate launch was given an FSDP config, but sdlib does not shard the model: "
+            "its data parallelism replicates it and sums gradients (sdlib.train.dist); launch "
+            "without the FSDP config (accelerate launch --num_processes N ...)"
+        )
