@@ -112,7 +112,7 @@ def scan(source: str) -> dict:
         name = dotted(node.func) if isinstance(node, ast.Call) else None
         if name is None:
             continue
-        head, _, rest = name.partition(".")
+        head = name.split(".")[0]
         if name.startswith("self.engine."):
             name = "vllm.LLM." + name.removeprefix("self.engine.")
         elif name.startswith("self.model_runner."):
@@ -215,11 +215,11 @@ def test_the_sampling_keywords_are_sampling_params_fields(vllm):
 
 def allowed(annotation) -> list | None:
     """The values a Literal or Enum annotation allows (Optional unwrapped), else None."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is typing.Literal:
         return list(typing.get_args(annotation))
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return [m.value for m in annotation]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
     return allowed(args[0]) if len(args) == 1 else None
 
 
