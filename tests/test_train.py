@@ -184,6 +184,16 @@ def run_update(cfg, policy, sb, algo_cls):
     return grads(policy.model), sb
 
 
+def both_gradients(policy, sb, *runs):
+    """The gradients of one update of each (cfg, algorithm class) on the same batch."""
+    found = []
+    for cfg, algo_cls in runs:
+        policy.model.zero_grad(set_to_none=True)
+        found.append(run_update(cfg, policy, sb, algo_cls)[0])
+    assert all(g.keys() == found[0].keys() for g in found) and found[0]
+    return found
+
+
 @pytest.mark.parametrize("algo_cls, name", [(SDPO, "sdpo"), (GRPO, "grpo")])
 def test_micro_batching_gives_the_same_gradient(tmp_path, algo_cls, name):
     rewards = [0, 1, 1, 0, 1, 0, 0, 0]
@@ -191,10 +201,7 @@ def test_micro_batching_gives_the_same_gradient(tmp_path, algo_cls, name):
     micro = cfg_for(tmp_path, algo=name, micro_batch=1, grad_clip=0.0)
     policy, sb = step_batch(full, rewards)
     perturb_adapter(policy.model)
-    g_full, _ = run_update(full, policy, sb, algo_cls)
-    policy.model.zero_grad(set_to_none=True)
-    g_micro, _ = run_update(micro, policy, sb, algo_cls)
-    assert g_full.keys() == g_micro.keys() and g_full
+    g_full, g_micro = both_gradients(policy, sb, (full, algo_cls), (micro, algo_cls))
     for n in g_full:
         assert torch.allclose(g_full[n], g_micro[n], rtol=1e-4, atol=1e-7), n
 
