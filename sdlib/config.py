@@ -204,6 +204,10 @@ class EvalConfig:
         check_values(self)
 
 
+# the LoRA ranks every vLLM from 0.20 serves (its max_lora_rank choices)
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
 @dataclass
 class TrainConfig:
     """``sdlib train sft|grpo|sdpo``: one training run (LoRA or every weight), written to
@@ -365,6 +369,7 @@ class TrainConfig:
                 f"trained; use finetune: lora, or load_in_4bit: false"
             )
         self._check_distillation()
+        self._check_vllm()
         if self.route != "none" and self.distillation_weight != 1.0:
             raise ConfigError(
                 f"route = {self.route!r} with distillation_weight = {self.distillation_weight}: "
@@ -378,6 +383,23 @@ class TrainConfig:
         return self.algo == "grpo" or (
             self.algo == "sdpo" and (self.distillation_weight < 1 or self.route != "none")
         )
+
+    def _check_vllm(self) -> None:
+        """What the vllm backend cannot train with (tests/test_vllm_contract.py)."""
+        if self.backend != "vllm":
+            return
+        if self.top_p < 1:
+            raise ConfigError(
+                f"top_p = {self.top_p} with backend vllm: vLLM reports each sampled token's "
+                f"log-prob renormalised over the nucleus, not under the tempered distribution "
+                f"the trainer scores, so pi / pi_old would not start at 1; use top_p: 1 (the "
+                f"reference's), or backend: transformers"
+            )
+        if self.finetune != "full" and self.lora_r not in VLLM_LORA_RANKS:
+            raise ConfigError(
+                f"lora_r = {self.lora_r} with backend vllm: vLLM serves LoRA ranks "
+                f"{list(VLLM_LORA_RANKS)} only"
+            )
 
     def _check_distillation(self) -> None:
         from sdlib.losses import DISTILLATION_LOSSES

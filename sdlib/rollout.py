@@ -523,7 +523,11 @@ class VLLMBackend:
         """As TransformersBackend.generate; each prompt's request is seeded by its key."""
         start = time.perf_counter()
         keys = list(range(len(prompts))) if keys is None else keys
-        params = [self.sampling_params(n, sampling, row_seed(sampling.seed, k, 0)) for k in keys]
+        # vLLM refuses n > 1 greedy samples: ask for one and repeat it (they are all equal)
+        repeat = n if sampling.temperature == 0 else 1
+        params = [
+            self.sampling_params(n // repeat, sampling, row_seed(sampling.seed, k, 0)) for k in keys
+        ]
         requests = [
             {"prompt_token_ids": ids}
             for ids in (self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts)
@@ -534,23 +538,30 @@ class VLLMBackend:
             lora_request=self.lora_request(),
             use_tqdm=True,
         )
-        return self.to_rollouts(outputs, time.perf_counter() - start)
+        return self.to_rollouts(outputs, time.perf_counter() - start, repeat)
 
     @staticmethod
-    def to_rollouts(outputs, seconds: float) -> Rollouts:
-        """vLLM ``RequestOutput``s -> Rollouts (``logprobs=0`` gives the sampled token's)."""
+    def to_rollouts(outputs, seconds: float, repeat: int = 1) -> Rollouts:
+        """vLLM ``RequestOutput``s -> Rollouts (``logprobs=0`` gives the sampled token's),
+        each completion ``repeat`` times. A request vLLM aborted or failed is an error, not
+        a response cut at max_new_tokens."""
         out = Rollouts(seconds=seconds)
         for i, request in enumerate(outputs):
             for c in request.outputs:
+                if c.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(
+                        f"vLLM ended a request with finish_reason {c.finish_reason!r} (not stop "
+                        f"or length): its engine log says why; nothing of this batch is kept"
+                    )
                 ids = list(c.token_ids)
-                out.prompt_index.append(i)
-                out.prompt_ids.append(list(request.prompt_token_ids))
-                out.token_ids.append(ids)
-                out.logprobs.append(
-                    [step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)]
-                )
-                out.text.append(c.text)
-                out.finish_reason.append("stop" if c.finish_reason == "stop" else "length")
+                logprobs = [step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)]
+                for _ in range(repeat):
+                    out.prompt_index.append(i)
+                    out.prompt_ids.append(list(request.prompt_token_ids))
+                    out.token_ids.append(ids)
+                    out.logprobs.append(logprobs)
+                    out.text.append(c.text)
+                    out.finish_reason.append(c.finish_reason)
         return out
 
 

@@ -214,6 +214,35 @@ def test_vllm_builds_requests_from_token_ids(tiny, monkeypatch):
     assert len(got) == 4
 
 
+class OneEachEngine(FakeEngine):
+    """Answers every request with one completion (vLLM's greedy sampling)."""
+
+    def generate(self, requests, params, lora_request=None, use_tqdm=True):
+        self.calls.append((requests, params, lora_request))
+        return [
+            FakeRequest(r["prompt_token_ids"], [FakeCompletion([4], "d", "stop")]) for r in requests
+        ]
+
+
+def test_vllm_several_greedy_samples_are_one_request_repeated(tiny, monkeypatch):
+    # vLLM refuses n > 1 at temperature 0, which an evaluation at k = 4, T = 0 asks for
+    engine = OneEachEngine()
+    backend = VLLMBackend(engine, tiny.tokenizer)
+    monkeypatch.setattr(backend, "sampling_params", lambda n, s, seed: n)
+    got = backend.generate(["a", "b"], n=4, sampling=Sampling(9, temperature=0.0))
+    assert engine.calls[0][1] == [1, 1]  # one greedy sample asked per prompt
+    assert got.prompt_index == [0] * 4 + [1] * 4 and got.token_ids == [[4]] * 8
+    backend.generate(["a"], n=4, sampling=Sampling(9, temperature=1.0))
+    assert engine.calls[1][1] == [4]  # sampled: four draws asked for
+
+
+@pytest.mark.parametrize("reason", ["abort", "error"])
+def test_vllm_an_aborted_or_failed_request_is_an_error_not_a_truncation(reason):
+    request = FakeRequest([7], [FakeCompletion([1], "a", reason)])
+    with pytest.raises(RuntimeError, match=reason):
+        VLLMBackend.to_rollouts([request], seconds=1.0)
+
+
 def test_vllm_serves_each_new_adapter_under_a_new_id(tiny, tmp_path):
     engine = FakeEngine()
     backend = VLLMBackend(engine, tiny.tokenizer)
@@ -285,3 +314,16 @@ def test_vllm_serves_fully_fine_tuned_weights_read_from_safetensors(tiny, tmp_pa
     assert engine.calls == [("rpc", "sdlib_load_weights"), ("reset",)]
     state = tiny.model.state_dict()
     assert loaded and all(torch.equal(value, state[name]) for name, value in loaded.items())
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [({"top_p": 0.95}, "top_p"), ({"lora_r": 4}, "lora_r")],
+)
+def test_training_refuses_what_the_vllm_backend_cannot_serve(bad, match):
+    from sdlib.config import TrainConfig, from_dict
+    from sdlib.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        from_dict(TrainConfig, {"backend": "vllm", **bad})
+    from_dict(TrainConfig, {"backend": "transformers", **bad})  # the CPU backend takes them

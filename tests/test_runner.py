@@ -56,6 +56,12 @@ EXPECTED = {  # notebook: {table: columns that must hold finite numbers}
         "versus_default": ["ΔΔ", "ΔΔ_lo", "ΔΔ_hi", "problems"],
         "verdicts": ["value", "value_lo", "value_hi"],
     },
+    "07_remedies": {
+        "bench": ["Δaccuracy", "Δaccuracy_lo", "correct per 1k tokens", "late reward"],
+        "held_out": ["accuracy", "accuracy_lo", "length", "epistemic"],
+        "vs_sdpo": ["accuracy", "length"],
+        "efficiency": ["correct per 1k tokens", "start reward", "late reward"],
+    },
 }
 FIGURES = {
     "00_model_organism": ["premise", "length", "epistemic"],
@@ -71,6 +77,7 @@ FIGURES = {
     ],
     "05_task_coverage": ["coverage", "curves", "ood_over_training"],
     "06_mechanism": ["effects"],
+    "07_remedies": ["bench", "curves", "ood_accuracy"],
 }
 
 
@@ -155,9 +162,11 @@ def test_shared_runs_are_computed_once(smoke_run):
     assert len(sdpo) == len(set(sdpo))
     name = "04_fixed_vs_moving_teacher"
     seeds = cfgmod.from_dict(cfgmod.EXPERIMENTS[name], preset_values(name, "smoke")).seeds
-    # 03/04 shared, 04's EMA, 05's two sizes and its budget run, 06's four organisms (smoke
-    # organisms, where 03 trains the random model, so nothing of 06 is shared here)
-    assert len(sdpo) == (1 + 1 + 2 + 1 + 4) * len(seeds)
+    # 03/04/07 shared, 04's EMA, 05's two sizes and its budget run, 06's four organisms (smoke
+    # organisms, where 03 trains the random model, so nothing of 06 is shared here), 07's
+    # five remedies
+    remedies = len(cfgmod.preset("smoke", "07").remedies)
+    assert len(sdpo) == (1 + 1 + 2 + 1 + 4 + remedies) * len(seeds)
 
 
 def test_an_evaluation_is_found_by_what_it_computes_whatever_its_label(smoke_run):
@@ -259,9 +268,10 @@ def test_parallel_notebooks_start_in_order_and_02_only_after_01():
 
     run_parallel(NOTEBOOKS, 2, fake)
     starts = [e[1] for e in events if e[0] == "start"]
-    assert starts[:4] == [
+    assert starts[:5] == [
         "03_sdpo_vs_grpo",
         "06_mechanism",
+        "07_remedies",
         "05_task_coverage",
         "01_context_richness",
     ]
