@@ -567,11 +567,12 @@ class MechanismConfig(ExperimentConfig):
 
         if not self.model.startswith("organism"):
             raise ConfigError(f"model = {self.model!r}; notebook 06 needs an organism spec")
-        unknown = [v for v in self.variants if v not in VARIANTS or v in ("organism", "smoke")]
+        scales = ("organism", "smoke", "gpu")  # sizes of the default, not one-property variants
+        unknown = [v for v in self.variants if v not in VARIANTS or v in scales]
         if unknown or not self.variants or len(set(self.variants)) != len(self.variants):
             raise ConfigError(
                 f"variants = {self.variants!r}; expected distinct names among "
-                f"{[v for v in VARIANTS if v not in ('organism', 'smoke')]}"
+                f"{[v for v in VARIANTS if v not in scales]}"
             )
 
 

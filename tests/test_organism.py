@@ -374,3 +374,17 @@ def test_an_unseen_family_must_show_search_paying_and_old_verdicts_are_derived_a
     figures["families"]["mirror"] = _family(0.2, (0.1, 0.3))
     assert gate.failures(figures, ["affine"], cfg.gate_spec(), ["mirror"]) == []
     assert gate.failures(figures, ["affine", "mirror"], cfg.gate_spec()) != []
+
+
+def test_a_gpu_build_on_a_machine_without_one_is_refused_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("SDLIB_CACHE", str(tmp_path))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="no CUDA"):
+        build(variant("smoke", device="cuda"))
+    assert not any(tmp_path.rglob("*.tmp*"))  # nothing started
+    # the default organism's key is the one it had before the field existed
+    assert variant("organism").key() == variant("organism", device="cpu").key()
+    assert variant("gpu").key() != variant("organism").key()

@@ -66,6 +66,9 @@ def build(config: OrganismConfig | str = "organism", progress: bool = True) -> P
     cfg = resolve(config)
     target = folder_of(cfg)
     if not (target / "premise.json").exists():
+        from sdlib.models import check_device  # (sdlib.models loads organisms through here)
+
+        check_device(cfg.device)
         if cfg.compile and (why := compiler_missing()):
             raise RuntimeError(why)
         _clear_abandoned(target)
@@ -275,7 +278,7 @@ def _build_into(cfg: OrganismConfig, folder: Path, progress: bool) -> None:
     start = time.perf_counter()
     data, per_kind = make_corpus(cfg, tokenizer)
     corpus_s = time.perf_counter() - start
-    model = new_model(cfg, tokenizer)
+    model = new_model(cfg, tokenizer).to(cfg.device)
     log.info("organism %s: pretraining on %d tokens", cfg.name, len(data.ids))
     stats = pretrain(model, data, tokenizer.pad_token_id, cfg.schedule(), progress)
     start = time.perf_counter()
@@ -293,7 +296,7 @@ def _build_into(cfg: OrganismConfig, folder: Path, progress: bool) -> None:
         )
     figures["seconds"] = round(time.perf_counter() - start, 1)
     folder.mkdir(parents=True)
-    model.save_pretrained(folder)
+    model.to("cpu").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     premise = {
         "name": cfg.name,

@@ -22,7 +22,7 @@ from sdlib.schema import ConfigError, doc, from_dict
 REVISION = 2  # bump when the code changes what a config builds
 # fields added since REVISION 2, with the value that builds what came before: at that value
 # they stay out of the key, so existing builds keep their folders
-ADDED = {"ood_verdicts": False}
+ADDED = {"ood_verdicts": False, "device": "cpu"}
 GATE_MODES = ("require", "record", "skip")
 
 
@@ -93,6 +93,11 @@ class OrganismConfig:
         True,
     )
     seed: int = doc("seed of the corpus, its order and the initial weights", 0)
+    device: str = doc(
+        "where it pretrains and is gated: cpu, or cuda (minutes for a 20M-parameter one; "
+        "other arithmetic, so other weights and another cache key)",
+        "cpu",
+    )
     # the premise gate
     gate: str = doc(
         "require (refuse a failing build), record (measure only: ablations), skip (smoke)",
@@ -204,6 +209,9 @@ VARIANTS: dict[str, dict] = {
     # The mechanism's variants (notebook 06), each one property away from the default; their
     # gates record (a variant may remove the premise on purpose, and the notebook says so).
     # the same search, hedged with no epistemic word: nothing for SDPO to suppress
+    # a larger organism built on a GPU (bench/gpu_check.py): 20M parameters, minutes there
+    "gpu": {"hidden": 512, "layers": 6, "heads": 8, "ffn": 1536, "batch_tokens": 16384,
+            "device": "cuda"},  # fmt: skip
     "silent": {"verbalize": False, "gate": "record"},
     # checks that compute nothing: search cannot beat a guess
     "decorative": {"checks": "decorative", "gate": "record"},

@@ -199,8 +199,9 @@ def pretrain(
     tokens = int(lengths.sum())
     bar = tqdm(total=tokens, unit="tok", unit_scale=True, desc="pretrain", disable=not progress)
     start, seen, smooth = time.perf_counter(), 0, None
+    device = next(model.parameters()).device
     for step, rows in enumerate(batches):
-        inputs, targets = collate(data, rows, pad)
+        inputs, targets = (x.to(device) for x in collate(data, rows, pad))
         loss = stepper(step, len(batches), inputs, targets)
         n = int(lengths[rows].sum())
         seen += n
