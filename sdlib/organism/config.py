@@ -210,8 +210,14 @@ VARIANTS: dict[str, dict] = {
     # gates record (a variant may remove the premise on purpose, and the notebook says so).
     # the same search, hedged with no epistemic word: nothing for SDPO to suppress
     # a larger organism built on a GPU (bench/gpu_check.py): 20M parameters, minutes there
-    "gpu": {"hidden": 512, "layers": 6, "heads": 8, "ffn": 1536, "batch_tokens": 16384,
-            "device": "cuda"},  # fmt: skip
+    "gpu": {
+        "hidden": 512,
+        "layers": 6,
+        "heads": 8,
+        "ffn": 1536,
+        "batch_tokens": 16384,
+        "device": "cuda",
+    },  # fmt: skip
     "silent": {"verbalize": False, "gate": "record"},
     # checks that compute nothing: search cannot beat a guess
     "decorative": {"checks": "decorative", "gate": "record"},
