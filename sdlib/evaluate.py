@@ -291,10 +291,11 @@ def _majority_correct(g: pd.DataFrame) -> bool:
 def run_eval(cfg) -> EvalResult:
     """``sdlib eval``: check, load, sample k per problem, grade, print and return the table."""
     from sdlib.datasets import load_benchmarks
-    from sdlib.models import check_device, check_limits, load_policy, model_limits
+    from sdlib.models import check_limits, load_policy, model_limits
     from sdlib.prompts import THINKING
     from sdlib.rollout import TransformersBackend
     from sdlib.schema import save
+    from sdlib.settings import check_device
 
     check_device(cfg.device)
     check_limits(cfg.model, cfg.max_new_tokens)

@@ -494,19 +494,6 @@ def device_memory(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_device(device: str) -> None:
-    """A clear error for a device this machine does not have, before anything loads."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device = {device!r}, but this torch ({torch.__version__}) sees no CUDA GPU; "
-            f"use device: cpu, or install a CUDA build of torch on a GPU machine"
-        )
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"device = {device!r}; this machine has {torch.cuda.device_count()} GPUs")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device = 'mps', but MPS is not available here; use device: cpu")
-
-
 def check_limits(spec: str, max_new_tokens: int, topk: int = 0) -> None:
     """``max_new_tokens`` must leave room in the context and ``topk`` fit the vocabulary."""
     vocab, context = model_limits(spec)

@@ -158,7 +158,8 @@ def preflight(params: dict) -> None:
     """What can fail without the weights, checked for every notebook before the first one
     starts: the device, each model's existence and context, each problem set."""
     from sdlib.datasets import check_specs
-    from sdlib.models import check_device, check_limits
+    from sdlib.models import check_limits
+    from sdlib.settings import check_device
 
     for name, p in params.items():
         try:

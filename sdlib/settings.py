@@ -30,3 +30,20 @@ def data_root() -> Path:
     reads from here by path; nothing in it is ever copied into the repository.
     """
     return Path(os.environ.get("SDLIB_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
+
+
+def check_device(device: str) -> None:
+    """A clear error for a device this machine does not have, before anything loads."""
+    import torch
+
+    from sdlib.schema import ConfigError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device = {device!r}, but this torch ({torch.__version__}) sees no CUDA GPU; "
+            f"use device: cpu, or install a CUDA build of torch on a GPU machine"
+        )
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device = {device!r}; this machine has {torch.cuda.device_count()} GPUs")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device = 'mps', but MPS is not available here; use device: cpu")

@@ -39,7 +39,7 @@ from sdlib.organism import corpus, gate, language
 from sdlib.organism.config import REVISION, OrganismConfig, from_spec, variant
 from sdlib.organism.pretrain import compiler_missing, pretrain
 from sdlib.organism.tokenizer import build_tokenizer
-from sdlib.settings import cache_dir
+from sdlib.settings import cache_dir, check_device
 
 log = logging.getLogger(__name__)
 CHUNK = 4000  # documents drawn and tokenized at a time
@@ -66,8 +66,6 @@ def build(config: OrganismConfig | str = "organism", progress: bool = True) -> P
     cfg = resolve(config)
     target = folder_of(cfg)
     if not (target / "premise.json").exists():
-        from sdlib.models import check_device  # (sdlib.models loads organisms through here)
-
         check_device(cfg.device)
         if cfg.compile and (why := compiler_missing()):
             raise RuntimeError(why)

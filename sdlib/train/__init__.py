@@ -42,7 +42,8 @@ def train(cfg):
     Everything that can be checked without the weights is checked before anything is
     loaded or written: the device, the model's context and vocabulary, the data."""
     from sdlib.datasets import load_pairs, pooled
-    from sdlib.models import check_device, check_limits
+    from sdlib.models import check_limits
+    from sdlib.settings import check_device
     from sdlib.train.dist import check_launch
     from sdlib.train.loop import train_loop
 
