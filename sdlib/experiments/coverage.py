@@ -247,7 +247,8 @@ def efficiency_table(spent: dict) -> pd.DataFrame:
     return pd.DataFrame.from_dict(spent, orient="index").rename_axis(["algo", "regime"])
 
 
-def _span(row, key: str, digits: int = 0) -> str:
+def span(row, key: str, digits: int = 0) -> str:
+    """``row[key]`` and its interval: ``v [lo, hi]``."""
     return (
         f"{row[key]:,.{digits}f} [{row[key + '_lo']:,.{digits}f}, {row[key + '_hi']:,.{digits}f}]"
     )
@@ -273,12 +274,12 @@ def efficiency_notes(table: pd.DataFrame, reach: float) -> list[str]:
                 )
             elif row["seeds reached"]:
                 seeds += (
-                    f" after {_span(row, 'steps to reach', 1)} steps and "
-                    f"{_span(row, 'tokens to reach')} generated tokens"
+                    f" after {span(row, 'steps to reach', 1)} steps and "
+                    f"{span(row, 'tokens to reach')} generated tokens"
                 )
             said.append(
-                f"{algo} {seeds}; {_span(row, 'correct per 1k tokens', 2)} correct per 1k "
-                f"tokens; reward {_span(row, 'late reward', 2)} over the last half of the steps"
+                f"{algo} {seeds}; {span(row, 'correct per 1k tokens', 2)} correct per 1k "
+                f"tokens; reward {span(row, 'late reward', 2)} over the last half of the steps"
             )
         if len(part) == 2:
             a, b = part.iloc[0], part.iloc[1]

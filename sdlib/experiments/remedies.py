@@ -27,7 +27,7 @@ from sdlib import plots
 from sdlib.config import RemediesConfig
 from sdlib.datasets import load_benchmarks
 from sdlib.experiments import tables, training
-from sdlib.experiments.coverage import efficiency_row
+from sdlib.experiments.coverage import efficiency_row, span
 from sdlib.experiments.evaluation import checkpoint_evals, evaluate_seeds
 from sdlib.experiments.results import Results, timed
 
@@ -164,7 +164,7 @@ def findings(found: dict) -> list[str]:
         f"In-domain efficiency, correct responses per 1k generated tokens over training "
         f"(95% intervals across {seeds} seeds): "
         + ", ".join(
-            f"{tables.markdown_text(m)} {_span(r, 'correct per 1k tokens')}"
+            f"{tables.markdown_text(m)} {span(r, 'correct per 1k tokens', 2)}"
             for m, r in bench.iterrows()
         )  # fmt: skip
         + "."
@@ -188,13 +188,9 @@ def notes(found: dict, cfg: RemediesConfig) -> list[str]:
     lines += ["", f"In-domain efficiency (intervals across {len(cfg.seeds)} seeds, not paired):"]
     for method, row in found["efficiency"].iterrows():
         lines.append(
-            f"- {tables.markdown_text(method)}: {_span(row, 'correct per 1k tokens')} correct "
-            f"per 1k generated tokens; training reward {_span(row, 'late reward')} over the "
+            f"- {tables.markdown_text(method)}: {span(row, 'correct per 1k tokens', 2)} correct "
+            f"per 1k generated tokens; training reward {span(row, 'late reward', 2)} over the "
             f"last half of the steps (start {row['start reward']:.2f}); "
             f"{int(row['seeds reached'])}/{int(row['seeds'])} seeds reached {cfg.reach}"
         )
     return lines
-
-
-def _span(row: pd.Series, key: str) -> str:
-    return f"{row[key]:.2f} [{row[key + '_lo']:.2f}, {row[key + '_hi']:.2f}]"
