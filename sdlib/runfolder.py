@@ -224,10 +224,13 @@ class RunFolder:
             warnings.warn(f"{problem}; falling back to an earlier checkpoint", stacklevel=2)
         return None
 
-    def save_checkpoint(self, step: int, model, tensors: dict, state: dict) -> Path:
+    def save_checkpoint(
+        self, step: int, model, tensors: dict, state: dict, weights: dict | None = None
+    ) -> Path:
         """``checkpoints/step_N``: the weights (``adapter/``, peft's, for a LoRA policy, or
-        ``model/``, the whole model), ``tensors`` in safetensors, ``state`` in JSON, and the
-        manifest; built aside, renamed whole."""
+        ``model/``, the whole model; ``weights``: the state dict to save instead of the
+        model's own), ``tensors`` in safetensors, ``state`` in JSON, and the manifest;
+        built aside, renamed whole."""
         target = self.path / CHECKPOINTS / f"step_{step}"
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
         for stale in target.parent.glob("step_*.tmp*"):  # the lock is ours: none is live
@@ -235,9 +238,11 @@ class RunFolder:
         try:
             tmp.mkdir(parents=True)
             if hasattr(model, "save_pretrained"):
-                model.save_pretrained(
-                    tmp / ("adapter" if hasattr(model, "peft_config") else "model")
-                )
+                folder = tmp / ("adapter" if hasattr(model, "peft_config") else "model")
+                if weights is None:
+                    model.save_pretrained(folder)
+                else:
+                    model.save_pretrained(folder, state_dict=weights)
             save_file(
                 {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                 tmp / "state.safetensors",

@@ -1,4 +1,5 @@
-"""Two processes under ``accelerate launch`` make the same update as one process."""
+"""Two processes under ``accelerate launch``, replicated or with the decoder layers sharded
+(FSDP), make the same update, and report the same metrics, as one process."""
 
 import json
 import shutil
@@ -11,17 +12,37 @@ import torch
 from safetensors.torch import load_file
 
 HELPER = Path(__file__).parent / "helpers" / "dist_step.py"
+# metrics a process computes over its own share and the loop combines over processes
+COMBINED = (
+    "rollout/reward_mean",
+    "rollout/reward_std",
+    "rollout/len_tokens",
+    "train/grad_norm",
+    "train/loss",
+    "train/tokens",
+    "train/entropy",
+    "train/kl_initial",
+    "train/divergence",
+    "train/is_weight_mean",
+    "train/ratio_mean",
+)
+LORA_SDPO = {}
+FULL_SDPO = {"finetune": "full", "teacher": "live", "track_kl": False}
 
 
-def launch(args, processes):
+def launch(algo, out: Path, processes: int, fsdp: bool = False, **fields) -> None:
+    args = [algo, str(out), json.dumps(fields)]
     if processes == 1:
         cmd = [sys.executable, str(HELPER), *args]
     else:
         accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+        # --multi_gpu starts the processes through torchrun; without a GPU they run on
+        # the CPU (gloo). --cpu would quietly start a single process.
+        kind = ["--use_fsdp", "--fsdp_sharding_strategy=FULL_SHARD"] if fsdp else ["--multi_gpu"]
         cmd = [
             accelerate,
             "launch",
-            "--cpu",
+            *kind,
             f"--num_processes={processes}",
             "--num_machines=1",
             "--mixed_precision=no",
@@ -31,37 +52,107 @@ def launch(args, processes):
         ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    ranks = sorted(out.parent.glob(f"{out.name}.rank*"))
+    assert [p.read_text() for p in ranks] == [str(processes)] * processes
+
+
+def assert_same_run(one: Path, two: Path, step: int = 1) -> None:
+    state = {
+        n: load_file(p / f"checkpoints/step_{step}/state.safetensors")
+        for n, p in (("one", one), ("two", two))
+    }
+    kept = {
+        n: {k: v for k, v in s.items() if k.startswith((".trainable.", ".optimizer."))}
+        for n, s in state.items()
+    }
+    assert kept["one"].keys() == kept["two"].keys() and kept["one"]
+    # Adam's first step moves each weight by about lr (1e-2) whatever the gradient's size,
+    # so a near-zero gradient entry may land 1e-5 apart: allow 1% of one step
+    for name in kept["one"]:
+        assert torch.allclose(kept["one"][name], kept["two"][name], atol=1e-4), name
+    rows = {
+        n: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]
+        for n, p in (("one", one), ("two", two))
+    }
+    assert len(rows["one"]) == len(rows["two"]) == step
+    for a, b in zip(rows["one"], rows["two"], strict=True):
+        for key in COMBINED:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-9), key
 
 
 @pytest.mark.parametrize("algo", ["grpo", "sdpo"])
 def test_two_processes_match_one(tmp_path, algo):
-    launch([algo, str(tmp_path / "one")], 1)
-    launch([algo, str(tmp_path / "two")], 2)
-    state = {
-        n: load_file(tmp_path / n / "checkpoints/step_1/state.safetensors") for n in ("one", "two")
-    }
-    one, two = (
-        {k: v for k, v in state[n].items() if k.startswith(".trainable.")} for n in ("one", "two")
-    )
-    assert one.keys() == two.keys() and one
-    # Adam's first step moves each weight by about lr (1e-2) whatever the gradient's size,
-    # so a near-zero gradient entry may land 1e-5 apart: allow 1% of one step
-    for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-4), name
-    rows = {n: json.loads((tmp_path / n / "metrics.jsonl").read_text()) for n in state}
-    for key in ("rollout/reward_mean", "rollout/len_tokens", "train/grad_norm"):
-        assert rows["one"][key] == pytest.approx(rows["two"][key], rel=1e-4), key
+    launch(algo, tmp_path / "one", 1)
+    launch(algo, tmp_path / "two", 2)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
-def test_an_fsdp_launch_is_refused_before_anything_loads(tmp_path, monkeypatch):
-    # accelerate launch with an FSDP config sets this; sdlib never wraps the model, so the
-    # weights would not be sharded: one line says so instead
+@pytest.mark.parametrize(
+    "algo, fields",
+    [("grpo", {}), ("sdpo", LORA_SDPO), ("sdpo", FULL_SDPO)],
+    ids=["grpo-lora", "sdpo-lora", "sdpo-full"],
+)
+def test_fsdp_matches_one_process(tmp_path, algo, fields):
+    launch(algo, tmp_path / "one", 1, **fields)
+    launch(algo, tmp_path / "two", 2, fsdp=True, **fields)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    # the layers were sharded: the whole model saved from the shards loads as one
+    if fields.get("finetune") == "full":
+        saved = load_file(tmp_path / "two/checkpoints/step_1/model/model.safetensors")
+        trainable = load_file(tmp_path / "two/checkpoints/step_1/state.safetensors")
+        name = "model.layers.0.mlp.up_proj.weight"
+        assert torch.equal(saved[name], trainable[f".trainable.{name}"])
+
+
+def test_fsdp_resumes_from_its_gathered_checkpoint(tmp_path):
+    # one step sharded, then a second one resumed from that checkpoint: the shards are
+    # rebuilt from the whole tensors, optimizer moments included
+    launch("sdpo", tmp_path / "one", 1, steps=2)
+    launch("sdpo", tmp_path / "two", 2, fsdp=True, steps=1)
+    launch("sdpo", tmp_path / "two", 2, fsdp=True, steps=2)
+    assert_same_run(tmp_path / "one", tmp_path / "two", step=2)
+
+
+@pytest.mark.parametrize(
+    "fields, env, match",
+    [
+        ({"algo": "sdpo", "teacher": "ema"}, {}, "teacher ema"),
+        ({"algo": "sdpo", "finetune": "full"}, {}, "finetune full"),
+        ({"algo": "grpo", "finetune": "full", "kl_coef": 0.1}, {}, "finetune full"),
+        ({"backend": "vllm"}, {}, "backend vllm"),
+        ({}, {"FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "HYBRID_SHARD"),
+        ({}, {"FSDP_OFFLOAD_PARAMS": "true"}, "offload"),
+    ],
+)
+def test_what_fsdp_cannot_run_is_refused_before_anything_loads(
+    tmp_path, monkeypatch, fields, env, match
+):
+    # full fine-tuning's initial teacher, an EMA teacher and KL to the start swap a copy of
+    # the weights into the modules, which FSDP re-registers at every gather
     from sdlib.config import TrainConfig, from_dict
     from sdlib.schema import ConfigError
     from sdlib.train import train
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    cfg = from_dict(TrainConfig, {"model": "tiny-random:2x64", "out": str(tmp_path / "run")})
-    with pytest.raises(ConfigError, match="FSDP"):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = from_dict(
+        TrainConfig, {"model": "tiny-random:2x64", "out": str(tmp_path / "run"), **fields}
+    )
+    with pytest.raises(ConfigError, match=match):
         train(cfg)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_fsdp_settings_sdlib_follows(monkeypatch):
+    from sdlib.train.dist import fsdp_launch
+
+    assert fsdp_launch() is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert fsdp_launch() is True  # FULL_SHARD, accelerate's default
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "SHARD_GRAD_OP")
+    assert fsdp_launch() is False  # kept whole from forward to backward (ZeRO-2)
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "1")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    assert fsdp_launch() is False

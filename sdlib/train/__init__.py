@@ -47,7 +47,7 @@ def train(cfg):
     from sdlib.train.dist import check_launch
     from sdlib.train.loop import train_loop
 
-    check_launch()
+    check_launch(cfg)
     check_device(cfg.device)
     check_limits(cfg.model, cfg.max_new_tokens, cfg.topk if cfg.algo == "sdpo" else 0)
     data = load_pairs(cfg.data) if cfg.algo == "sft" else pooled(cfg.data)

@@ -123,7 +123,16 @@ def update_phase(algo, model, batch: Batch, opt, sched, cfg, dist: Dist = SINGLE
         rows = (in_update & batch.active).nonzero().squeeze(1)
         opt.zero_grad(set_to_none=True)
         loss = 0.0
-        for part in core.micro_batches(len(rows), cfg.micro_batch):
+        parts = core.micro_batches(len(rows), cfg.micro_batch)
+        # FSDP: each forward is collective, so every process runs as many micro-batches
+        for _ in range(dist.most(len(parts)) - len(parts)):
+            parts.append(None)  # sample 0 at weight 0
+        for part in parts:
+            if part is None:
+                sample = torch.zeros(1, dtype=torch.long)
+                idle, _ = algo.micro_loss(model, batch, sample, torch.ones_like(norm).to(device))
+                (idle * 0).backward()
+                continue
             micro, per_token = algo.micro_loss(model, batch, rows[part], norm.to(device))
             micro.backward()
             loss += float(micro.detach())
@@ -136,21 +145,22 @@ def update_phase(algo, model, batch: Batch, opt, sched, cfg, dist: Dist = SINGLE
                 tokens[name].append(values.detach().double().cpu())
         params = [p for p in model.parameters() if p.requires_grad]
         dist.sum_grads(params)
-        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        norm_before = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        norm_before = dist.clip(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if len(rows) and not (math.isfinite(loss) and math.isfinite(norm_before)):
             raise NonFiniteUpdate(
                 f"the loss is {loss} and the gradient norm {norm_before} at learning rate "
                 f"{sched.get_last_lr()[0]:.3g}"
             )
+        # the update's loss is its processes' shares summed: nan when no process had one
+        total, shares = dist.sum(torch.tensor([loss, len(rows)], dtype=torch.float64)).tolist()
         updates["train/grad_norm"].append(norm_before)
         updates["train/lr"].append(sched.get_last_lr()[0])
-        updates["train/loss"].append(loss if len(rows) else math.nan)
+        updates["train/loss"].append(total if shares else math.nan)
         opt.step()
         sched.step()
     row = {k: _mean(torch.tensor(v, dtype=torch.float64)) for k, v in updates.items()}
-    row.update({k: _mean(torch.cat(v)) if v else None for k, v in tokens.items()})
-    row["train/tokens"] = forwarded
+    row.update(token_means(tokens, dist))
+    row["train/tokens"] = int(dist.sum(torch.tensor(forwarded)))
     return row
 
 
@@ -160,10 +170,23 @@ def _mean(values: torch.Tensor) -> float | None:
     return float(values.mean()) if values.numel() else None
 
 
+def token_means(tokens: dict[str, list[torch.Tensor]], dist: Dist = SINGLE) -> dict:
+    """Each per-token statistic's mean over the finite values of every process's tokens
+    (one mean over all of them, as a single process computes it); None where there are
+    none."""
+    sums = torch.zeros(len(tokens), 2, dtype=torch.float64)
+    for i, values in enumerate(tokens.values()):
+        values = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+        values = values[values.isfinite()]
+        sums[i] = torch.stack([values.sum(), torch.tensor(float(values.numel()))])
+    sums = dist.sum(sums)
+    return {k: float(s / n) if n else None for k, (s, n) in zip(tokens, sums.tolist(), strict=True)}
+
+
 def one_step(algo, model, cfg, step, opt, sched, run: RunFolder, dist: Dist = SINGLE) -> dict:
     """Phases 1-6 of one step (module docstring); returns its checked metrics row."""
     start = time.perf_counter()
-    with phase("train: rollouts and grading"):
+    with phase("train: rollouts and grading"), dist.gathered(model):
         batch = algo.batch(step, dist)  # 1-4
     ready = time.perf_counter()
     with phase("train: update"):
@@ -194,7 +217,9 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
                 status(f"{cfg.algo}: {cfg.steps} steps found finished in {run.path}")
             return run  # nothing to compute, so nothing to load
         cfg = core.resolve_finetune(cfg)
+        dist.check(cfg)  # again: finetune auto is now resolved
         policy = core.load_training_policy(cfg)
+        dist.shard_model(policy.model)
         algo = algo_cls(cfg, policy, data)
         opt, sched = core.make_optimizer(policy.model, cfg)
         start = resume(run, cfg, policy.model, opt, sched, algo, dist)
@@ -219,9 +244,9 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
             if dist.main:
                 run.append(METRICS_FILE, [row])
                 log_row(cfg, run, row)
-            if dist.main and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
+            if (step + 1) % cfg.save_every == 0 or step + 1 == total:
                 with phase("train: checkpoints"):
-                    save_checkpoint(run, step + 1, policy.model, opt, sched, algo)
+                    save_checkpoint(run, step + 1, policy.model, opt, sched, algo, dist)
         if dist.main:
             done = {"steps": total, "requested_steps": cfg.steps}
             write_atomic(run.file(DONE_FILE), json.dumps(done))
@@ -280,7 +305,7 @@ def resume(run: RunFolder, cfg, model, opt, sched, algo, dist: Dist = SINGLE) ->
     start = 0
     if found is not None:
         start, folder = found
-        load_checkpoint(run, folder, model, opt, sched, algo)
+        load_checkpoint(run, folder, model, opt, sched, algo, dist)
     if dist.main:
         for name in (METRICS_FILE, SAMPLES_FILE):
             run.truncate(name, start)
@@ -304,19 +329,27 @@ def check_params(run: RunFolder, cfg) -> None:
     save(cfg, saved)
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model, dist: Dist = SINGLE) -> dict[str, torch.Tensor]:
+    """The trainable weights, whole (gathered from the processes' shards under FSDP)."""
+    return {
+        n: dist.whole(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
-def save_checkpoint(run: RunFolder, step: int, model, opt, sched, algo):
+def save_checkpoint(run: RunFolder, step: int, model, opt, sched, algo, dist: Dist = SINGLE):
     """The weights for eval and vLLM (a peft adapter, or the whole model) plus everything
     exact resumption needs: trainable weights (and float32 masters), optimizer and
-    scheduler, RNG states, the algorithm's state."""
+    scheduler, RNG states, the algorithm's state. Every process takes part (FSDP gathers
+    the shards: the checkpoint is the single-process one); the main one writes it."""
+    masters = opt.masters if isinstance(opt, core.MasterAdamW) else []
+    weights = None
+    if dist.fsdp:  # peft and transformers save what they are handed, not the shards
+        weights = {k: dist.whole(v) for k, v in model.state_dict().items()}
     state = {
         "step": step,
-        "trainable": trainable_state(model),
-        "masters": opt.masters if isinstance(opt, core.MasterAdamW) else [],
-        "optimizer": opt.state_dict(),
+        "trainable": trainable_state(model, dist),
+        "masters": [dist.whole(m.detach()) for m in masters],
+        "optimizer": _whole_state(opt.state_dict(), dist),
         "scheduler": sched.state_dict(),
         "rng": {
             "python": random.getstate(),
@@ -325,21 +358,37 @@ def save_checkpoint(run: RunFolder, step: int, model, opt, sched, algo):
         },
         "algo": algo.state(),
     }
+    if not dist.main:
+        return None
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, tensors)
-    return run.save_checkpoint(step, model, tensors, skeleton)
+    return run.save_checkpoint(step, model, tensors, skeleton, weights)
 
 
-def load_checkpoint(run: RunFolder, folder, model, opt, sched, algo) -> dict:
+def _whole_state(value, dist: Dist):
+    """An optimizer's state dict with its sharded tensors gathered (the same order in
+    every process: the collectives pair)."""
+    if isinstance(value, dict):
+        return {k: _whole_state(v, dist) for k, v in value.items()}
+    return dist.whole(value) if isinstance(value, torch.Tensor) else value
+
+
+def load_checkpoint(run: RunFolder, folder, model, opt, sched, algo, dist: Dist = SINGLE) -> dict:
     tensors, skeleton = run.load_checkpoint(folder)
     state = unflatten(skeleton, tensors)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["trainable"].items():
-            params[name].copy_(value)
+            params[name].copy_(dist.like(value, params[name]))
     if isinstance(opt, core.MasterAdamW):
-        opt.load_masters(state["masters"])
+        masters = zip(state["masters"], opt.masters, strict=True)
+        opt.load_masters([dist.like(value, m) for value, m in masters])
     opt.load_state_dict(state["optimizer"])
+    for group in opt.param_groups:  # FSDP: each process keeps its shard of the moments
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                    opt.state[p][k] = dist.like(v, p)
     sched.load_state_dict(state["scheduler"])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])

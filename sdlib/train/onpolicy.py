@@ -26,7 +26,7 @@ from sdlib.problems import Problem
 from sdlib.prompts import THINKING, chat, student_turn, system_of
 from sdlib.rollout import Rollouts, Sampling, TransformersBackend, VLLMBackend
 from sdlib.train import core
-from sdlib.train.dist import Dist
+from sdlib.train.dist import SINGLE, Dist
 from sdlib.train.loop import Batch
 
 
@@ -83,16 +83,22 @@ def make_step_batch(problems, users, ro: Rollouts, rewards, pad_id: int) -> Step
     )
 
 
-def rollout_metrics(sb: StepBatch) -> dict:
+def rollout_metrics(sb: StepBatch, dist: Dist = SINGLE) -> dict:
+    """The step's rollout metrics. Means over samples are the run loop's to average over
+    processes (each holds as many samples); the spread of the rewards is taken over every
+    process's here."""
     rows = [
         behavior_row(t, token_ids=ids)
         for t, ids in zip(sb.rollouts.text, sb.rollouts.token_ids, strict=True)
     ]
     solved = torch.zeros(len(sb.problems)).index_add_(0, sb.group, sb.rewards)
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    r = sb.rewards.double()
+    n, total, squares = dist.sum(torch.stack([r.new_tensor(len(r)), r.sum(), r.square().sum()]))
+    spread = (squares - total**2 / n) / (n - 1) if n > 1 else torch.tensor(0.0)
     return {
         "rollout/reward_mean": float(sb.rewards.mean()),
-        "rollout/reward_std": float(sb.rewards.std()) if len(sb.rewards) > 1 else 0.0,
+        "rollout/reward_std": float(spread.clamp(min=0).sqrt()),
         "rollout/success_group_frac": float((solved > 0).float().mean()),
         "rollout/len_tokens": mean("len_tokens"),
         "rollout/epi_total": mean("epi_total"),
@@ -202,12 +208,13 @@ class OnPolicy:
         self.problems = fitting(data, policy, cfg)
         self.backend = make_backend(cfg, policy)
         self.rollout_seconds = 0.0
+        self.dist = SINGLE  # the processes a step's statistics run over (``batch`` sets it)
 
     def steps(self) -> int:
         return self.cfg.steps
 
     def batch(self, step: int, dist: Dist) -> StepBatch:
-        start, cfg = time.perf_counter(), self.cfg
+        start, cfg, self.dist = time.perf_counter(), self.cfg, dist
         problems = core.step_items(self.problems, step, cfg.prompts_per_step, cfg.seed)
         sync_backend(self.backend, self.policy.model, Path(cfg.out), step)
         mine = dist.shard(len(problems))
@@ -222,9 +229,11 @@ class OnPolicy:
         raise NotImplementedError
 
     def row(self, sb: StepBatch) -> dict:
-        row = {**rollout_metrics(sb), "time/rollout": self.rollout_seconds}
+        row = {**rollout_metrics(sb, self.dist), "time/rollout": self.rollout_seconds}
         if self.cfg.rollout_is == "token":
-            row["rollout/is_weight_mean"] = float(sb.rollout_weight[sb.student.loss_mask].mean())
+            weights = sb.rollout_weight[sb.student.loss_mask].double()
+            total = self.dist.sum(torch.stack([weights.sum(), torch.tensor(float(len(weights)))]))
+            row["rollout/is_weight_mean"] = float(total[0] / total[1])
         return row
 
     def samples(self, sb: StepBatch, step: int) -> list[dict]:

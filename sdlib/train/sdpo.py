@@ -38,7 +38,6 @@ from sdlib.losses import aggregate_tokens, sdpo_token_loss
 from sdlib.models import TEACHERS
 from sdlib.prompts import THINKING, chat, strip_thinking, system_of, teacher_prompt
 from sdlib.train import core
-from sdlib.train.dist import SINGLE
 from sdlib.train.grpo import advantages, needs_every_sample, surrogate_tokens
 from sdlib.train.onpolicy import OnPolicy, StepBatch, kl_to_initial
 
@@ -126,11 +125,9 @@ class SDPO(OnPolicy):
         self.teacher = TEACHERS[cfg.teacher](policy.model, cfg.ema_rate)
         self.teacher_seconds = 0.0
         self.masked_frac = 0.0
-        self.dist = SINGLE  # the processes a step's means run over (``batch`` sets it)
 
     # phase 4 ------------------------------------------------------------------------
     def batch(self, step: int, dist):
-        self.dist = dist
         sb = super().batch(step, dist)
         if self.cfg.teacher_entropy_weight > 0:
             self.entropy_weights(sb)

@@ -1,13 +1,19 @@
-"""One training step of ALGO into OUT, run by tests/test_train_dist.py under
-``accelerate launch`` (two processes) and directly (one)."""
+"""One training step of ALGO into OUT (JSON: fields to override), run by
+tests/test_train_dist.py under ``accelerate launch`` (two processes, with or without FSDP)
+and directly (one)."""
 
+import json
+import os
 import sys
+from pathlib import Path
 
 from sdlib.config import TrainConfig, from_dict
 from sdlib.grading import Grade
 from sdlib.train import onpolicy, train
 
 algo, out = sys.argv[1], sys.argv[2]
+# which processes ran: a launcher that quietly starts one process would pass any comparison
+Path(f"{out}.rank{os.environ.get('RANK', 0)}").write_text(os.environ.get("WORLD_SIZE", "1"))
 # the random model is never right: a reward it earns about half the time, fixed by the text
 onpolicy.grade_response = lambda text, gold, **kw: Grade(len(text) % 2 == 0, "exact")
 train(
@@ -27,6 +33,7 @@ train(
             "topk": 5,
             "lora_r": 4,
             "out": out,
+            **(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}),
         },
     )
 )
