@@ -2,6 +2,7 @@
 (FSDP), make the same update, and report the same metrics, as one process."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ LORA_SDPO = {}
 FULL_SDPO = {"finetune": "full", "teacher": "live", "track_kl": False}
 
 
-def launch(algo, out: Path, processes: int, fsdp: bool = False, **fields) -> None:
+def launch(algo, out: Path, processes: int, fsdp: bool = False, **fields) -> str:
     args = [algo, str(out), json.dumps(fields)]
     if processes == 1:
         cmd = [sys.executable, str(HELPER), *args]
@@ -54,6 +55,7 @@ def launch(algo, out: Path, processes: int, fsdp: bool = False, **fields) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = sorted(out.parent.glob(f"{out.name}.rank*"))
     assert [p.read_text() for p in ranks] == [str(processes)] * processes
+    return done.stdout + done.stderr
 
 
 def assert_same_run(one: Path, two: Path, step: int = 1) -> None:
@@ -95,8 +97,15 @@ def test_two_processes_match_one(tmp_path, algo):
 )
 def test_fsdp_matches_one_process(tmp_path, algo, fields):
     launch(algo, tmp_path / "one", 1, **fields)
-    launch(algo, tmp_path / "two", 2, fsdp=True, **fields)
+    said = launch(algo, tmp_path / "two", 2, fsdp=True, **fields)
     assert_same_run(tmp_path / "one", tmp_path / "two")
+    # the layers were sharded: each process held half of them; the embeddings (49,152 x
+    # 64, tied to the head) and the final norm (64) stay whole
+    held = re.search(r"each of 2 processes holds ([\d,]+) of the ([\d,]+) weights", said)
+    assert held, said[-2000:]
+    held, total = (int(x.replace(",", "")) for x in held.groups())
+    whole = 49_152 * 64 + 64
+    assert held == whole + (total - whole) // 2
     # the layers were sharded: the whole model saved from the shards loads as one
     if fields.get("finetune") == "full":
         saved = load_file(tmp_path / "two/checkpoints/step_1/model/model.safetensors")

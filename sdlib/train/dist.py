@@ -139,12 +139,13 @@ class Dist:
             check_fsdp(cfg)
 
     # FSDP ---------------------------------------------------------------------------
-    def shard_model(self, model) -> None:
+    def shard_model(self, model) -> str | None:
         """Shard each decoder layer of ``model`` over the processes (FSDP2), under the
         decoder as the root; its embeddings and norm, and the output head, stay whole.
-        Gradients are summed, not averaged, as ``sum_grads`` does."""
+        Gradients are summed, not averaged, as ``sum_grads`` does. Returns a line saying
+        what share of the weights this process holds."""
         if not self.fsdp:
-            return
+            return None
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         from sdlib.train.core import unwrap
@@ -159,6 +160,16 @@ class Dist:
             if isinstance(module, FSDPModule):
                 module.set_gradient_divide_factor(1.0)
                 module.set_force_sum_reduction_for_comms(True)
+        total = sum(p.numel() for p in model.parameters())
+        held = sum(
+            p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+            for p in model.parameters()
+        )
+        return (
+            f"FSDP: each of {self.world} processes holds {held:,} of the {total:,} weights "
+            f"({held / total:.0%}: {len(body.layers)} decoder layers sharded; embeddings, "
+            "norm and output head whole)"
+        )
 
     @contextlib.contextmanager
     def gathered(self, model):

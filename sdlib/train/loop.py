@@ -219,7 +219,8 @@ def train_loop(cfg, algo_cls, data: list) -> RunFolder:
         cfg = core.resolve_finetune(cfg)
         dist.check(cfg)  # again: finetune auto is now resolved
         policy = core.load_training_policy(cfg)
-        dist.shard_model(policy.model)
+        if (sharded := dist.shard_model(policy.model)) and dist.main:
+            status(sharded)
         algo = algo_cls(cfg, policy, data)
         opt, sched = core.make_optimizer(policy.model, cfg)
         start = resume(run, cfg, policy.model, opt, sched, algo, dist)
