@@ -474,17 +474,18 @@ def parameter_count(spec: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def full_finetune_bytes(weights: int, dtype: torch.dtype, copies: int) -> int:
+def full_finetune_bytes(weights: int, dtype: torch.dtype, copies: int, shards: int = 1) -> int:
     """Memory that full fine-tuning of ``weights`` weights in ``dtype`` holds at its peak
     outside the activations, the optimizer step: weights in ``dtype``, the gradients
     (float32 there below 32 bits: ``core.MasterAdamW`` hands them to its float32 masters),
     AdamW's two moments, and ``copies`` frozen copies (the initial policy, the EMA
-    teacher)."""
+    teacher). ``shards``: the processes FSDP divides gradients, masters and moments over
+    (the weights count whole: the rollouts gather them)."""
     size = torch.finfo(dtype).bits // 8
     master = 4 if size < 4 else 0
     grads = 4 if master else size
     moments = 2 * (4 if master else size)
-    return weights * (size * (1 + copies) + grads + master + moments)
+    return weights * (size * (1 + copies)) + weights * (grads + master + moments) // shards
 
 
 def device_memory(device: str) -> int:

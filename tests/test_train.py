@@ -370,6 +370,26 @@ def test_finetune_auto_takes_every_weight_only_when_the_device_holds_them(
     assert f"finetune auto -> {choice}" in capsys.readouterr().out
 
 
+def test_finetune_auto_under_fsdp_counts_the_shards_and_never_needs_a_weight_copy(
+    tmp_path, monkeypatch, capsys
+):
+    from sdlib import models
+
+    weights = models.parameter_count("tiny-random:2x64")
+    alone = models.full_finetune_bytes(weights, torch.float32, copies=0)
+    monkeypatch.setattr(models, "device_memory", lambda device: alone)  # half: too little
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    # weights whole (4 bytes), gradient and two moments a quarter each (3 bytes)
+    assert models.full_finetune_bytes(weights, torch.float32, 0, shards=4) == weights * 7
+    live = cfg_for(tmp_path, algo="sdpo", finetune="auto", teacher="live", track_kl=False)
+    assert core.resolve_finetune(live).finetune == "full"  # 7/16 of the memory fits in half
+    assert "per process over 4 (FSDP)" in capsys.readouterr().out
+    initial = cfg_for(tmp_path, algo="sdpo", finetune="auto", teacher="initial")
+    assert core.resolve_finetune(initial).finetune == "lora"
+    assert "FSDP cannot swap in" in capsys.readouterr().out
+
+
 def test_the_lora_learning_rate_scale_applies_to_lora_only(tmp_path):
     for finetune, lr in (("lora", 0.05), ("full", 0.01)):
         cfg = cfg_for(tmp_path, algo="grpo", finetune=finetune, lr=0.01, lora_lr_scale=5.0)

@@ -54,20 +54,33 @@ def resolve_finetune(cfg):
     """``cfg`` with ``finetune: auto`` replaced by what the device holds: ``full`` (every
     weight, as the reference) when ``models.full_finetune_bytes`` is at most half the device's
     memory (the other half for activations and, on a GPU, the vLLM engine), else ``lora``,
-    said in one line. Resolved before a run is keyed, so the folder names what ran."""
+    said in one line. Resolved before a run is keyed, so the folder names what ran.
+
+    Under an FSDP launch over P processes the gradients, masters and moments count 1/P
+    (the weights whole: rollouts run on the gathered layers), and a run that reads the
+    initial policy or an EMA teacher takes ``lora``: FSDP cannot swap in a copy of every
+    weight (``dist.check_fsdp``)."""
+    from sdlib.train.dist import fsdp_processes
+
     if cfg.finetune != "auto":
         return cfg
     copies = int(reads_initial(cfg)) + int(cfg.algo == "sdpo" and cfg.teacher == "ema")
+    shards = fsdp_processes()
     need = models.full_finetune_bytes(
-        models.parameter_count(cfg.model), models.resolve_dtype(cfg.dtype), copies
+        models.parameter_count(cfg.model), models.resolve_dtype(cfg.dtype), copies, shards
     )
     have = models.device_memory(cfg.device)
-    choice = "full" if need <= have / 2 else "lora"
-    print(
-        f"[sdlib] finetune auto -> {choice}: every weight of {cfg.model} needs about "
-        f"{need / 2**30:.1f} GiB, {'within' if choice == 'full' else 'more than'} half of "
-        f"{cfg.device}'s {have / 2**30:.1f} GiB"
-    )
+    if shards > 1 and copies:
+        choice, why = "lora", "FSDP cannot swap in the copy of every weight this run reads"
+    else:
+        choice = "full" if need <= have / 2 else "lora"
+        why = (
+            f"every weight of {cfg.model} needs about {need / 2**30:.1f} GiB"
+            + (f" per process over {shards} (FSDP)" if shards > 1 else "")
+            + f", {'within' if choice == 'full' else 'more than'} half of "
+            f"{cfg.device}'s {have / 2**30:.1f} GiB"
+        )
+    print(f"[sdlib] finetune auto -> {choice}: {why}")
     return dataclasses.replace(cfg, finetune=choice)
 
 

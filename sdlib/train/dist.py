@@ -229,6 +229,11 @@ def fsdp_launch() -> bool | None:
     return RESHARD[strategy] and reshard not in ("0", "false")
 
 
+def fsdp_processes() -> int:
+    """How many processes an FSDP launch shards over (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if fsdp_launch() is not None else 1
+
+
 def check_fsdp(cfg) -> None:
     """Refuse, in one line, what sdlib cannot run with sharded layers."""
     from sdlib.train.core import reads_initial
