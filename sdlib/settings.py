@@ -1,4 +1,5 @@
-"""Where sdlib keeps and finds things on disk. One place, overridable by environment."""
+"""Where sdlib keeps and finds things on disk, and what the environment it runs in says (the
+device, an FSDP launch). One place, overridable by environment."""
 
 from __future__ import annotations
 
@@ -47,3 +48,37 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device = {device!r}; this machine has {torch.cuda.device_count()} GPUs")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device = 'mps', but MPS is not available here; use device: cpu")
+
+
+# accelerate's FSDP sharding strategies sdlib follows (``sdlib.train.dist``): whether a
+# layer's weights are sharded again after its forward (ZeRO-3) or kept until its backward
+# (ZeRO-2)
+RESHARD = {"FULL_SHARD": True, "1": True, "SHARD_GRAD_OP": False, "2": False}
+
+
+def fsdp_launch() -> bool | None:
+    """None without an FSDP launch; else whether layers reshard after their forward, from
+    accelerate's settings. The ones sdlib does not follow are refused in one line."""
+    from sdlib.schema import ConfigError
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true"):
+        return None
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+    if strategy not in RESHARD:
+        raise ConfigError(
+            f"FSDP sharding strategy {strategy} is not supported: sdlib shards the decoder "
+            "layers as FULL_SHARD or SHARD_GRAD_OP; launch with --fsdp_sharding_strategy "
+            "FULL_SHARD (or without FSDP for plain data parallelism)"
+        )
+    if os.environ.get("FSDP_OFFLOAD_PARAMS", "").lower() in ("1", "true"):
+        raise ConfigError(
+            "FSDP parameter offload is not supported by sdlib; launch with "
+            "--fsdp_offload_params false"
+        )
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "").lower()
+    return RESHARD[strategy] and reshard not in ("0", "false")
+
+
+def fsdp_processes() -> int:
+    """How many processes an FSDP launch shards over (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if fsdp_launch() is not None else 1

@@ -72,6 +72,12 @@ def assert_same_run(one: Path, two: Path, step: int = 1) -> None:
     # so a near-zero gradient entry may land 1e-5 apart: allow 1% of one step
     for name in kept["one"]:
         assert torch.allclose(kept["one"][name], kept["two"][name], atol=1e-4), name
+    adapter = f"checkpoints/step_{step}/adapter/adapter_model.safetensors"
+    if (one / adapter).exists():  # the adapter eval and vLLM read, saved from the processes
+        saved = {n: load_file(p / adapter) for n, p in (("one", one), ("two", two))}
+        assert saved["one"].keys() == saved["two"].keys() and saved["one"]
+        for name in saved["one"]:
+            assert torch.allclose(saved["one"][name], saved["two"][name], atol=1e-4), name
     rows = {
         n: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]
         for n, p in (("one", one), ("two", two))
@@ -155,7 +161,7 @@ def test_what_fsdp_cannot_run_is_refused_before_anything_loads(
 
 
 def test_the_fsdp_settings_sdlib_follows(monkeypatch):
-    from sdlib.train.dist import fsdp_launch
+    from sdlib.settings import fsdp_launch
 
     assert fsdp_launch() is None
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -165,3 +171,22 @@ def test_the_fsdp_settings_sdlib_follows(monkeypatch):
     monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "1")
     monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
     assert fsdp_launch() is False
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    # device: cuda is the current GPU, cuda:0 unless set: every process would share it
+    import torch.distributed as tdist
+
+    from sdlib.schema import ConfigError
+    from sdlib.train.dist import Dist
+
+    picked = []
+    monkeypatch.setattr(torch.cuda, "set_device", picked.append)
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)
+    monkeypatch.setattr(tdist, "get_rank", lambda: 1)
+    monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert Dist.from_env("cuda").rank == 1 and picked == [1]
+    with pytest.raises(ConfigError, match="all of them on one GPU"):
+        Dist.from_env("cuda:0")

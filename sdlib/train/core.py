@@ -22,6 +22,7 @@ from sdlib import models
 from sdlib.head import Head
 from sdlib.losses import select_tokens
 from sdlib.models import LoraSpec, keep_initial, load_policy
+from sdlib.settings import fsdp_processes
 
 
 def load_training_policy(cfg):
@@ -60,8 +61,6 @@ def resolve_finetune(cfg):
     (the weights whole: rollouts run on the gathered layers), and a run that reads the
     initial policy or an EMA teacher takes ``lora``: FSDP cannot swap in a copy of every
     weight (``dist.check_fsdp``)."""
-    from sdlib.train.dist import fsdp_processes
-
     if cfg.finetune != "auto":
         return cfg
     copies = int(reads_initial(cfg)) + int(cfg.algo == "sdpo" and cfg.teacher == "ema")

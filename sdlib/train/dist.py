@@ -40,10 +40,7 @@ import torch.distributed as tdist
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from sdlib.schema import ConfigError
-
-# accelerate's FSDP sharding strategies sdlib follows: whether a layer's weights are
-# sharded again after its forward (ZeRO-3) or kept until its backward (ZeRO-2)
-RESHARD = {"FULL_SHARD": True, "1": True, "SHARD_GRAD_OP": False, "2": False}
+from sdlib.settings import fsdp_launch
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,13 @@ class Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
+        if str(device).startswith("cuda"):
+            if device != "cuda":
+                raise ConfigError(
+                    f"device = {device!r} with {world} processes would put all of them on one "
+                    "GPU; use device: cuda (each process takes the GPU of its LOCAL_RANK)"
+                )
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if not tdist.is_initialized():
             backend = "nccl" if str(device).startswith("cuda") else "gloo"
             tdist.init_process_group(backend)
@@ -206,32 +210,6 @@ class Dist:
 
 
 SINGLE = Dist()  # one process: every collective is the identity
-
-
-def fsdp_launch() -> bool | None:
-    """None without an FSDP launch; else whether layers reshard after their forward, from
-    accelerate's settings. The ones sdlib does not follow are refused in one line."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true"):
-        return None
-    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
-    if strategy not in RESHARD:
-        raise ConfigError(
-            f"FSDP sharding strategy {strategy} is not supported: sdlib shards the decoder "
-            "layers as FULL_SHARD or SHARD_GRAD_OP; launch with --fsdp_sharding_strategy "
-            "FULL_SHARD (or without FSDP for plain data parallelism)"
-        )
-    if os.environ.get("FSDP_OFFLOAD_PARAMS", "").lower() in ("1", "true"):
-        raise ConfigError(
-            "FSDP parameter offload is not supported by sdlib; launch with "
-            "--fsdp_offload_params false"
-        )
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "").lower()
-    return RESHARD[strategy] and reshard not in ("0", "false")
-
-
-def fsdp_processes() -> int:
-    """How many processes an FSDP launch shards over (1 without one)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) if fsdp_launch() is not None else 1
 
 
 def check_fsdp(cfg) -> None:

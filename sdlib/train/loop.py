@@ -343,12 +343,13 @@ def save_checkpoint(run: RunFolder, step: int, model, opt, sched, algo, dist: Di
     scheduler, RNG states, the algorithm's state. Every process takes part (FSDP gathers
     the shards: the checkpoint is the single-process one); the main one writes it."""
     masters = opt.masters if isinstance(opt, core.MasterAdamW) else []
-    weights = None
+    trainable, weights = trainable_state(model, dist), None
     if dist.fsdp:  # peft and transformers save what they are handed, not the shards
-        weights = {k: dist.whole(v) for k, v in model.state_dict().items()}
+        lora = hasattr(model, "peft_config")  # the adapter: its weights are the trainable
+        weights = trainable if lora else {k: dist.whole(v) for k, v in model.state_dict().items()}
     state = {
         "step": step,
-        "trainable": trainable_state(model, dist),
+        "trainable": trainable,
         "masters": [dist.whole(m.detach()) for m in masters],
         "optimizer": _whole_state(opt.state_dict(), dist),
         "scheduler": sched.state_dict(),
