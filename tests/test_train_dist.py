@@ -173,20 +173,23 @@ def test_the_fsdp_settings_sdlib_follows(monkeypatch):
     assert fsdp_launch() is False
 
 
-def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+def test_each_process_takes_the_gpu_of_its_local_rank_and_reduces_cpu_tensors(monkeypatch):
     # device: cuda is the current GPU, cuda:0 unless set: every process would share it
     import torch.distributed as tdist
 
     from sdlib.schema import ConfigError
     from sdlib.train.dist import Dist
 
-    picked = []
+    picked, backends = [], []
     monkeypatch.setattr(torch.cuda, "set_device", picked.append)
-    monkeypatch.setattr(tdist, "is_initialized", lambda: True)
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "init_process_group", backends.append)
     monkeypatch.setattr(tdist, "get_rank", lambda: 1)
     monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert Dist.from_env("cuda").rank == 1 and picked == [1]
+    # the loop's counts and normalizers are CPU tensors, which NCCL alone cannot reduce
+    assert backends == ["cpu:gloo,cuda:nccl"]
     with pytest.raises(ConfigError, match="all of them on one GPU"):
         Dist.from_env("cuda:0")

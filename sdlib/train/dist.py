@@ -63,8 +63,9 @@ class Dist:
                 )
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if not tdist.is_initialized():
-            backend = "nccl" if str(device).startswith("cuda") else "gloo"
-            tdist.init_process_group(backend)
+            # NCCL for tensors on the GPU; gloo for those on the CPU (normalizers, counts)
+            gpu = str(device).startswith("cuda")
+            tdist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo")
         reshard = fsdp_launch()
         return cls(
             tdist.get_rank(), tdist.get_world_size(), reshard is not None, reshard is not False
