@@ -19,6 +19,9 @@ Checks (``--skip`` leaves some out):
   organism   a 20M-parameter organism (``organism:gpu``) pretrained and gated on the GPU, then
              notebook 03 at the organism preset on it (one seed): SDPO - GRPO held out, with
              95% intervals over problems and samples (GPU only)
+  fsdp       SDPO's first step with the decoder layers sharded over two processes
+             (``accelerate launch --use_fsdp``: two GPUs over NCCL; the dry run, two CPU
+             processes) against one process (not run with fewer than two GPUs)
 
 What the device machine needs beyond torch, transformers, peft and accelerate travels with
 the repository as wheels: ``make wheelhouse`` here, then there
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -40,6 +44,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from _common import MIB, device_name, peak_bytes, reset_peak, sync
+from safetensors.torch import load_file
 
 from sdlib import synthetic
 from sdlib.config import TrainConfig, from_dict
@@ -268,12 +273,46 @@ def check_organism(args) -> list[Row]:
     return [Row("organism", model, figures + "; ".join(said), True)]
 
 
+def check_fsdp(args) -> list[Row]:
+    """SDPO's first step under ``accelerate launch --use_fsdp`` on two processes (two GPUs
+    over NCCL; the dry run: two CPU processes over gloo) against one process: the trained
+    weights and AdamW moments of the gathered checkpoint."""
+    step = REPO / "tests" / "helpers" / "dist_step.py"  # the step the test suite launches
+    fields = json.dumps({"device": args.device.split(":")[0], "dtype": "float32"})
+    out = Path(tempfile.mkdtemp(prefix="gpu-check-fsdp-"))
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp"]
+    accelerate += ["--num_processes=2", "--num_machines=1", "--mixed_precision=no"]
+    runs = {
+        "one": [sys.executable, str(step), "sdpo", str(out / "one"), fields],
+        "two": [*accelerate, "--dynamo_backend=no", str(step), "sdpo", str(out / "two"), fields],
+    }
+    start = time.perf_counter()
+    for name, cmd in runs.items():
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if done.returncode:
+            tail = " ".join(done.stderr.strip().splitlines()[-1:])
+            return [
+                Row("fsdp", f"{name} process(es)", f"exit {done.returncode}: {tail}"[:400], False)
+            ]
+    held = next(line for line in done.stderr.splitlines() if "processes holds" in line)
+    state = {n: load_file(out / n / "checkpoints/step_1/state.safetensors") for n in runs}
+    kept = [k for k in state["one"] if k.startswith((".trainable.", ".optimizer.state."))]
+    gap = max(float((state["one"][k] - state["two"][k]).abs().max()) for k in kept)
+    seconds = time.perf_counter() - start
+    figures = (
+        f"{len(kept)} tensors, largest gap {gap:.1e} (at most 1e-4: 1% of one step); "
+        f"{held.split('FSDP: ')[-1].split(' (')[0]}; {seconds:.0f} s"
+    )
+    return [Row("fsdp", "SDPO step, 2 processes vs 1", figures, bool(kept) and gap <= 1e-4)]
+
+
 CHECKS = {
     "head": check_head,
     "update": check_update,
     "full": check_full,
     "notebooks": check_notebooks,
     "organism": check_organism,
+    "fsdp": check_fsdp,
 }
 
 
@@ -292,6 +331,9 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     for name, check in CHECKS.items():
         if name in args.skip:
+            continue
+        if name == "fsdp" and args.device.startswith("cuda") and torch.cuda.device_count() < 2:
+            print("  fsdp: not run (needs two GPUs)", file=sys.stderr)
             continue
         if name == "organism" and (args.quick or not args.device.startswith("cuda")):
             # the smoke organism solves nothing (03 needs right answers), the real one

@@ -24,7 +24,8 @@ def test_the_cpu_dry_run_passes_every_check_that_needs_no_cuda():
         heads <= cases and {("update", "SDPO, fp32, LoRA"), ("update", "GRPO, fp32, LoRA")} <= cases
     )
     assert any(check == "full" for check, _ in cases)
-    assert "7 of 7 checks passed" in done.stdout
+    assert ("fsdp", "SDPO step, 2 processes vs 1") in cases
+    assert "8 of 8 checks passed" in done.stdout
 
 
 def test_a_wrong_head_fails_the_check(monkeypatch):
