@@ -27,7 +27,7 @@ from sdlib.prompts import THINKING, chat, student_turn, system_of
 from sdlib.rollout import Rollouts, Sampling, TransformersBackend, VLLMBackend
 from sdlib.train import core
 from sdlib.train.dist import SINGLE, Dist
-from sdlib.train.loop import Batch
+from sdlib.train.loop import Batch, token_means
 
 
 @dataclass(kw_only=True)
@@ -231,9 +231,8 @@ class OnPolicy:
     def row(self, sb: StepBatch) -> dict:
         row = {**rollout_metrics(sb, self.dist), "time/rollout": self.rollout_seconds}
         if self.cfg.rollout_is == "token":
-            weights = sb.rollout_weight[sb.student.loss_mask].double()
-            total = self.dist.sum(torch.stack([weights.sum(), torch.tensor(float(len(weights)))]))
-            row["rollout/is_weight_mean"] = float(total[0] / total[1])
+            weights = {"w": [sb.rollout_weight[sb.student.loss_mask].double()]}
+            row["rollout/is_weight_mean"] = token_means(weights, self.dist)["w"]
         return row
 
     def samples(self, sb: StepBatch, step: int) -> list[dict]:
