@@ -11,7 +11,8 @@ Checks (``--skip`` leaves some out):
              states (bf16: the formula on the same bf16 inputs, its logits rounded to bf16
              as the device's matrix product returns them)
   update     one SDPO and one GRPO update of a random Llama with a 152k vocabulary on
-             responses of 1k-2k tokens: tokens/s and peak memory
+             responses of 1k-2k tokens: tokens/s and peak memory; where bitsandbytes is
+             installed, the SDPO update again on 4-bit (NF4) base weights
   full       two SDPO steps training every weight in bf16 (float32 master weights): the loss
              finite, the weights moved, the masters float32, and the peak memory against the
              floor ``finetune: auto`` counts (weights, gradients, moments, masters, copies)
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import subprocess
@@ -160,9 +162,19 @@ def config(args, algo: str, **kw) -> TrainConfig:
 
 def check_update(args) -> list[Row]:
     rows = []
-    for algo in ("sdpo", "grpo"):
-        cfg = config(args, algo)
+    cases = [("sdpo", False), ("grpo", False)]
+    if importlib.util.find_spec("bitsandbytes"):
+        cases.append(("sdpo", True))
+    else:
+        print("  update: the 4-bit case not run (bitsandbytes is not installed)", file=sys.stderr)
+    for algo, four_bit in cases:
+        cfg = config(args, algo, load_in_4bit=four_bit)
         policy = core.load_training_policy(cfg)
+        quantized = 0
+        if four_bit:
+            from bitsandbytes.nn import Linear4bit
+
+            quantized = sum(isinstance(m, Linear4bit) for m in policy.model.modules())
         backend = onpolicy.make_backend(cfg, policy)
         problems = onpolicy.fitting(synthetic.generate("addition", 1, 4, 0), policy, cfg)
         sb = onpolicy.rollout_phase(policy, backend, problems[: cfg.prompts_per_step], cfg, 0)
@@ -182,11 +194,12 @@ def check_update(args) -> list[Row]:
         rows.append(
             Row(
                 "update",
-                f"{algo.upper()}, {cfg.dtype}, LoRA",
+                f"{algo.upper()}, {cfg.dtype}, LoRA" + (" on 4-bit weights" if four_bit else ""),
                 f"{cfg.model}: {len(lengths)} responses of {min(lengths)}-{max(lengths)} tokens; "
                 f"{tokens / seconds:,.0f} tokens/s, peak {peak:,.0f} MiB, "
-                f"loss {stats['train/loss']:.4g}",
-                finite,
+                f"loss {stats['train/loss']:.4g}"
+                + (f"; {quantized} projections in NF4" if four_bit else ""),
+                finite and (quantized > 0) == four_bit,
             )
         )
         del policy, backend, opt

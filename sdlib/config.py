@@ -256,7 +256,9 @@ class TrainConfig:
         "attention from restarting position ids)",
         True,
     )
-    load_in_4bit: bool = doc("4-bit base weights through bitsandbytes (GPU only)", False)
+    load_in_4bit: bool = doc(
+        "4-bit (NF4) base weights through bitsandbytes: CUDA, or CPU with 0.48+", False
+    )
     backend: str = shared("backend", "transformers")
     gen_batch: int = shared("gen_batch", 32)
     max_new_tokens: int = shared("max_new_tokens", 128)

@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,14 +110,19 @@ def load_policy(
     weights = None
     if adapter is not None and is_full_weights(adapter):
         weights, adapter = str(adapter), None
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if load_in_4bit:
+        kwargs["quantization_config"] = _four_bit_config(torch_dtype, device)
+        kwargs["device_map"] = {"": device}
     if spec.startswith("tiny-random:") and weights is None:
         model, tok = _tiny_random(spec, torch_dtype)
+        if load_in_4bit:  # quantized as transformers quantizes any saved model: on loading
+            with tempfile.TemporaryDirectory(prefix="sdlib-4bit-") as folder:
+                model.save_pretrained(folder)
+                model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+            model.name_or_path = model.config.name_or_path = ""  # as unquantized: no folder
     else:
         path = weights or local_folder(spec)
-        kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-        if load_in_4bit:
-            kwargs["quantization_config"] = _four_bit_config(torch_dtype)
-            kwargs["device_map"] = {"": device}
         if weights is None:
             tok = _auto_tokenizer(path, trust_remote_code)
         else:
@@ -290,11 +296,26 @@ def _tiny_random_config(spec: str, dtype: torch.dtype, tok) -> LlamaConfig:
     )
 
 
-def _four_bit_config(compute_dtype: torch.dtype):
-    if not torch.cuda.is_available():
-        raise RuntimeError("load_in_4bit needs a CUDA GPU (bitsandbytes); set it to false on CPU")
+FOUR_BIT_CPU = (0, 48)  # the oldest bitsandbytes whose CPU backend sdlib was tested with
+
+
+def _four_bit_config(compute_dtype: torch.dtype, device: str):
+    """NF4 weights with double quantization, computing in ``compute_dtype``: on a CUDA
+    GPU, or on the CPU through bitsandbytes' CPU backend (0.48 and newer)."""
+    kind = torch.device(device).type
+    if kind not in ("cuda", "cpu"):
+        raise ConfigError(f"load_in_4bit on device {device!r}: bitsandbytes runs on cuda or cpu")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError("load_in_4bit needs bitsandbytes: pip install 'sdlib[gpu]'")
+        raise ConfigError("load_in_4bit needs bitsandbytes: pip install 'bitsandbytes>=0.48'")
+    if kind == "cpu":
+        from importlib.metadata import version
+
+        found = version("bitsandbytes")
+        if tuple(int(v) for v in found.split(".")[:2]) < FOUR_BIT_CPU:
+            raise ConfigError(
+                f"load_in_4bit on the CPU needs bitsandbytes 0.48 or newer (its CPU backend); "
+                f"{found} is installed: pip install 'bitsandbytes>=0.48', or use a CUDA GPU"
+            )
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -310,11 +331,11 @@ def _attach_adapter(model, lora: LoraSpec | None, adapter, four_bit: bool):
         return model
     import peft
 
-    if four_bit:
-        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     with warnings.catch_warnings():
         # peft reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
+        if four_bit:
+            model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if adapter is not None:
             if not (Path(adapter) / "adapter_model.safetensors").is_file():
                 raise ModelNotFoundError(

@@ -2,6 +2,7 @@
 micro-batching, metrics and exact resumption."""
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -34,6 +35,12 @@ SMOKE = dict(
     lr=1e-2,
     topk=5,
     lora_r=4,
+)
+
+
+# 4-bit base weights on the CPU: bitsandbytes' CPU backend (tests/test_four_bit.py)
+NEEDS_4BIT = pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed"
 )
 
 
@@ -463,6 +470,7 @@ def test_metrics_rows_carry_exactly_the_documented_keys(tmp_path, monkeypatch, a
         ("grpo", {}),
         ("sdpo", {"finetune": "full", "teacher": "ema", "dtype": "bf16", "lr": 1e-4}),
         ("sdpo", {**SRPO, "variance_weight": True}),
+        pytest.param("sdpo", {"load_in_4bit": True}, marks=NEEDS_4BIT),
     ],
 )
 def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, algo, extra):
@@ -508,6 +516,12 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch,
             list(core.load_training_policy(whole).model.parameters())
         )
         assert (tmp_path / "b/run/checkpoints/step_3/model/model.safetensors").is_file()
+    if extra.get("load_in_4bit"):  # the run trained an adapter over quantized projections
+        from bitsandbytes.nn import Linear4bit
+
+        model = core.load_training_policy(whole).model
+        assert sum(isinstance(m, Linear4bit) for m in model.modules()) == 2 * 7
+        assert all(".lora_" in k for k in sa if k.startswith(".trainable."))
 
 
 def test_resume_refuses_other_parameters(tmp_path, monkeypatch):
