@@ -312,9 +312,11 @@ def _four_bit_config(compute_dtype: torch.dtype, device: str):
 
         found = version("bitsandbytes")
         if tuple(int(v) for v in found.split(".")[:2]) < FOUR_BIT_CPU:
+            least = ".".join(map(str, FOUR_BIT_CPU))
             raise ConfigError(
-                f"load_in_4bit on the CPU needs bitsandbytes 0.48 or newer (its CPU backend); "
-                f"{found} is installed: pip install 'bitsandbytes>=0.48', or use a CUDA GPU"
+                f"load_in_4bit on the CPU needs bitsandbytes {least} or newer (its CPU "
+                f"backend); {found} is installed: pip install 'bitsandbytes>={least}', or use "
+                "a CUDA GPU"
             )
     from transformers import BitsAndBytesConfig
 
